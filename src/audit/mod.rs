@@ -1,1 +1,328 @@
-//! audit
+//! The append-only, hash-chained audit log.
+//!
+//! Every decision (issued, denied, refused at authentication) and every
+//! inventory change is one record. Records are written inside the same
+//! transaction as the change they describe, so there is never a certificate
+//! without its record. Audit records are not log lines: they live in the
+//! database, and `jitca audit` reads them.
+
+pub mod chain;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use crate::store::StoreError;
+
+/// A record about to be appended.
+#[derive(Debug, Clone, Default)]
+pub struct Event {
+    pub kind: String,
+    pub user: Option<String>,
+    pub device: Option<String>,
+    pub role: Option<String>,
+    pub request_id: Option<String>,
+    pub body: serde_json::Value,
+}
+
+impl Event {
+    pub fn new(kind: &str, body: serde_json::Value) -> Event {
+        Event {
+            kind: kind.to_string(),
+            body,
+            ..Event::default()
+        }
+    }
+
+    pub fn user(mut self, user: &str) -> Event {
+        self.user = Some(user.to_string());
+        self
+    }
+
+    pub fn device(mut self, device: &str) -> Event {
+        self.device = Some(device.to_string());
+        self
+    }
+
+    pub fn role(mut self, role: &str) -> Event {
+        self.role = Some(role.to_string());
+        self
+    }
+}
+
+/// A stored record.
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    pub seq: i64,
+    pub at: i64,
+    pub kind: String,
+    pub user: Option<String>,
+    pub device: Option<String>,
+    pub role: Option<String>,
+    pub request_id: Option<String>,
+    pub body: serde_json::Value,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// Appends `event` at time `at` inside the caller's transaction and returns
+/// its sequence number. The caller's transaction must hold the write lock
+/// (`BEGIN IMMEDIATE`), so the chain's head cannot move underneath it.
+pub fn append(conn: &Connection, at: i64, event: &Event) -> Result<i64, StoreError> {
+    let head: Option<(i64, String)> = conn
+        .query_row(
+            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let (seq, prev_hash) = match head {
+        Some((seq, hash)) => (seq + 1, hash),
+        None => (1, chain::GENESIS.to_string()),
+    };
+    let body = chain::canonical(&event.body);
+    let hash = chain::hash(&chain::Fields {
+        seq,
+        at,
+        kind: &event.kind,
+        user: event.user.as_deref(),
+        device: event.device.as_deref(),
+        role: event.role.as_deref(),
+        request_id: event.request_id.as_deref(),
+        body: &body,
+        prev_hash: &prev_hash,
+    });
+    conn.execute(
+        "INSERT INTO audit (seq, at, kind, user, device, role, request_id, body, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            seq,
+            at,
+            event.kind,
+            event.user,
+            event.device,
+            event.role,
+            event.request_id,
+            body,
+            prev_hash,
+            hash
+        ],
+    )?;
+    Ok(seq)
+}
+
+/// Which records `list` returns.
+#[derive(Debug, Default)]
+pub struct Filter {
+    pub user: Option<String>,
+    pub since: Option<i64>,
+    pub kind: Option<String>,
+    pub limit: Option<i64>,
+}
+
+const COLUMNS: &str = "seq, at, kind, user, device, role, request_id, body, prev_hash, hash";
+
+fn record(r: &rusqlite::Row) -> rusqlite::Result<Record> {
+    let body: String = r.get(7)?;
+    Ok(Record {
+        seq: r.get(0)?,
+        at: r.get(1)?,
+        kind: r.get(2)?,
+        user: r.get(3)?,
+        device: r.get(4)?,
+        role: r.get(5)?,
+        request_id: r.get(6)?,
+        body: serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
+        prev_hash: r.get(8)?,
+        hash: r.get(9)?,
+    })
+}
+
+/// Records matching `filter`, oldest first.
+pub fn list(conn: &Connection, filter: &Filter) -> Result<Vec<Record>, StoreError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM audit
+         WHERE (?1 IS NULL OR user = ?1) AND (?2 IS NULL OR at >= ?2) AND (?3 IS NULL OR kind = ?3)
+         ORDER BY seq LIMIT ?4"
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(
+        params![
+            filter.user,
+            filter.since,
+            filter.kind,
+            filter.limit.unwrap_or(-1)
+        ],
+        record,
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// One record by sequence number.
+pub fn get(conn: &Connection, seq: i64) -> Result<Option<Record>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM audit WHERE seq = ?1");
+    Ok(conn.query_row(&sql, [seq], record).optional()?)
+}
+
+/// The outcome of walking the chain.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every record matches; `head` is the last record's (seq, hash).
+    Intact {
+        records: u64,
+        head: Option<(i64, String)>,
+    },
+    /// The first record that does not match, and why.
+    Broken { seq: i64, problem: String },
+}
+
+/// Walks the whole chain from the first record.
+pub fn verify(conn: &Connection) -> Result<Verdict, StoreError> {
+    let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM audit ORDER BY seq"))?;
+    let mut rows = stmt.query([])?;
+    let mut expected_seq = 1;
+    let mut prev = chain::GENESIS.to_string();
+    let mut count = 0u64;
+    while let Some(row) = rows.next()? {
+        let seq: i64 = row.get(0)?;
+        let body: String = row.get(7)?;
+        let prev_hash: String = row.get(8)?;
+        let stored: String = row.get(9)?;
+        if seq != expected_seq {
+            return Ok(Verdict::Broken {
+                seq,
+                problem: format!(
+                    "expected record {expected_seq} next, found {seq}: records were removed"
+                ),
+            });
+        }
+        if prev_hash != prev {
+            return Ok(Verdict::Broken {
+                seq,
+                problem: "its prev_hash does not match the hash of the record before it".into(),
+            });
+        }
+        let user: Option<String> = row.get(3)?;
+        let device: Option<String> = row.get(4)?;
+        let role: Option<String> = row.get(5)?;
+        let request_id: Option<String> = row.get(6)?;
+        let kind: String = row.get(2)?;
+        let computed = chain::hash(&chain::Fields {
+            seq,
+            at: row.get(1)?,
+            kind: &kind,
+            user: user.as_deref(),
+            device: device.as_deref(),
+            role: role.as_deref(),
+            request_id: request_id.as_deref(),
+            body: &body,
+            prev_hash: &prev_hash,
+        });
+        if computed != stored {
+            return Ok(Verdict::Broken {
+                seq,
+                problem: "its contents do not match its hash: the record was altered".into(),
+            });
+        }
+        prev = stored;
+        expected_seq += 1;
+        count += 1;
+    }
+    let head = (count > 0).then(|| (expected_seq - 1, prev));
+    Ok(Verdict::Intact {
+        records: count,
+        head,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn db() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let (conn, _) = crate::store::open(&dir.path().join("a.db")).unwrap();
+        (dir, conn)
+    }
+
+    fn fill(conn: &Connection, n: i64) {
+        for i in 0..n {
+            let ev = Event::new("denied", json!({"i": i})).user("alice");
+            append(conn, 100 + i, &ev).unwrap();
+        }
+    }
+
+    #[test]
+    fn an_untouched_chain_verifies() {
+        let (_d, conn) = db();
+        fill(&conn, 5);
+        match verify(&conn).unwrap() {
+            Verdict::Intact { records, head } => {
+                assert_eq!(records, 5);
+                assert_eq!(head.unwrap().0, 5);
+            }
+            v => panic!("{v:?}"),
+        }
+    }
+
+    #[test]
+    fn an_altered_body_names_that_record() {
+        let (_d, conn) = db();
+        fill(&conn, 5);
+        conn.execute_batch(
+            "DROP TRIGGER audit_append_only_update;
+             UPDATE audit SET body = '{\"i\":99}' WHERE seq = 3;",
+        )
+        .unwrap();
+        assert!(matches!(
+            verify(&conn).unwrap(),
+            Verdict::Broken { seq: 3, .. }
+        ));
+    }
+
+    #[test]
+    fn a_removed_record_is_found() {
+        let (_d, conn) = db();
+        fill(&conn, 5);
+        conn.execute_batch(
+            "DROP TRIGGER audit_append_only_delete; DELETE FROM audit WHERE seq = 2;",
+        )
+        .unwrap();
+        assert!(matches!(
+            verify(&conn).unwrap(),
+            Verdict::Broken { seq: 3, .. }
+        ));
+    }
+
+    #[test]
+    fn a_rehashed_record_still_breaks_the_next_link() {
+        let (_d, conn) = db();
+        fill(&conn, 3);
+        // Recompute record 2's own hash after altering it: record 3 still
+        // points at the old hash.
+        let r = get(&conn, 2).unwrap().unwrap();
+        let body = r#"{"i":42}"#;
+        let h = chain::hash(&chain::Fields {
+            seq: 2,
+            at: r.at,
+            kind: &r.kind,
+            user: r.user.as_deref(),
+            device: None,
+            role: None,
+            request_id: None,
+            body,
+            prev_hash: &r.prev_hash,
+        });
+        conn.execute_batch("DROP TRIGGER audit_append_only_update;")
+            .unwrap();
+        conn.execute(
+            "UPDATE audit SET body = ?1, hash = ?2 WHERE seq = 2",
+            params![body, h],
+        )
+        .unwrap();
+        assert!(matches!(
+            verify(&conn).unwrap(),
+            Verdict::Broken { seq: 3, .. }
+        ));
+    }
+}

@@ -1,1 +1,160 @@
-//! store
+//! SQLite storage: connection setup, migrations, and the single writer.
+//!
+//! The database runs in WAL mode with `synchronous=FULL`, so a committed
+//! transaction survives a power cut. Every write goes through one connection
+//! (the [`writer::Writer`] thread in the daemon, or a short-lived connection
+//! in an operator command); SQLite's own lock orders writers from different
+//! processes, and `BEGIN IMMEDIATE` makes each transaction take that lock
+//! before it reads what it is about to change. Readers use connections of
+//! their own.
+
+mod schema;
+pub mod writer;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "database {path} has schema version {found}, newer than this jitca understands ({known}): upgrade jitca"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error("database error: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(
+        "the database writer did not complete the write, nothing was stored: see the daemon log"
+    )]
+    WriterGone,
+}
+
+impl StoreError {
+    /// An error for input that was refused before anything was written.
+    pub fn invalid(message: impl Into<String>) -> StoreError {
+        StoreError::Invalid(message.into())
+    }
+}
+
+/// How long a connection waits for another writer's lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens a connection with the pragmas every jitca connection uses.
+pub fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let open_err = |source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(open_err)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(open_err)?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(open_err)?;
+    Ok(conn)
+}
+
+/// Opens the database, creating it and applying pending migrations.
+///
+/// Returns the connection and whether the database was created just now.
+pub fn open(path: &Path) -> Result<(Connection, bool), StoreError> {
+    let mut conn = connect(path)?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let known = schema::MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(StoreError::TooNew {
+            path: path.to_path_buf(),
+            found: version,
+            known,
+        });
+    }
+    for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Another process may have migrated while this one waited for the lock.
+        let now: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if now > i as i64 {
+            continue;
+        }
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok((conn, version == 0))
+}
+
+/// Runs `f` in one immediate transaction on `conn` and commits it.
+///
+/// Operator commands use this; the daemon uses [`writer::Writer`].
+pub fn write<T>(
+    conn: &mut Connection,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let out = f(&tx)?;
+    tx.commit()?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_creates_then_reopens_at_the_same_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let (_, created) = open(&path).unwrap();
+        assert!(created);
+        let (conn, created) = open(&path).unwrap();
+        assert!(!created);
+        let v: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, schema::MIGRATIONS.len() as i64);
+        let mode: String = conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let (conn, _) = open(&path).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        assert!(matches!(open(&path), Err(StoreError::TooNew { .. })));
+    }
+
+    #[test]
+    fn audit_rows_cannot_be_updated_or_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (conn, _) = open(&dir.path().join("t.db")).unwrap();
+        conn.execute(
+            "INSERT INTO audit (at, kind, body, prev_hash, hash) VALUES (1, 'x', '{}', '', '')",
+            [],
+        )
+        .unwrap();
+        assert!(conn.execute("UPDATE audit SET kind = 'y'", []).is_err());
+        assert!(conn.execute("DELETE FROM audit", []).is_err());
+    }
+}

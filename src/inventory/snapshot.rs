@@ -1,0 +1,174 @@
+//! Identity lookup by key, and the snapshot a decision is based on.
+
+use std::net::IpAddr;
+
+use rusqlite::{Connection, OptionalExtension};
+
+use super::{devices::posture, parse_status, user_attributes};
+use crate::model::{ConnectionSnapshot, DeviceSnapshot, Snapshot, Status, UserSnapshot};
+use crate::store::StoreError;
+
+/// Who a key belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user_id: i64,
+    pub user: String,
+    pub user_status: Status,
+    pub device_id: i64,
+    pub device: String,
+    pub device_status: Status,
+}
+
+impl Identity {
+    /// Why this identity may not authenticate, or `None` when it may.
+    pub fn refusal(&self) -> Option<String> {
+        if self.user_status != Status::Active {
+            return Some(format!(
+                "user {} is suspended: ask an operator to run `jitca user resume {}`",
+                self.user, self.user
+            ));
+        }
+        if self.device_status != Status::Active {
+            return Some(format!(
+                "device {} of user {} is disabled: enrol a new key with `jitca device add`",
+                self.device, self.user
+            ));
+        }
+        None
+    }
+}
+
+/// The enrolled device (and its user) whose key has this fingerprint.
+pub fn identity_by_fingerprint(
+    conn: &Connection,
+    fingerprint: &str,
+) -> Result<Option<Identity>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT u.id, u.name, u.status, d.id, d.name, d.status
+         FROM devices d JOIN users u ON u.id = d.user_id WHERE d.fingerprint = ?1",
+    )?;
+    let id = stmt
+        .query_row([fingerprint], |r| {
+            Ok(Identity {
+                user_id: r.get(0)?,
+                user: r.get(1)?,
+                user_status: parse_status(&r.get::<_, String>(2)?),
+                device_id: r.get(3)?,
+                device: r.get(4)?,
+                device_status: parse_status(&r.get::<_, String>(5)?),
+            })
+        })
+        .optional()?;
+    Ok(id)
+}
+
+/// Takes the snapshot of a device, its user and the connection, as they are
+/// now. Read in one transaction so that the parts agree with each other.
+pub fn take_snapshot(
+    conn: &mut Connection,
+    device_id: i64,
+    peer: IpAddr,
+    at: i64,
+    policy_sha256: &str,
+) -> Result<Snapshot, StoreError> {
+    let tx = conn.transaction()?;
+    let row = tx
+        .query_row(
+            "SELECT u.id, u.name, u.status, d.name, d.fingerprint, d.key_type, d.status
+             FROM devices d JOIN users u ON u.id = d.user_id WHERE d.id = ?1",
+            [device_id],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, String>(6)?,
+                ))
+            },
+        )
+        .optional()?
+        .ok_or_else(|| {
+            StoreError::invalid("the device was removed while the request was running")
+        })?;
+    let (uid, user, ustatus, device, fingerprint, key_type, dstatus) = row;
+    let groups = {
+        let mut stmt =
+            tx.prepare_cached("SELECT grp FROM user_groups WHERE user_id = ?1 ORDER BY grp")?;
+        stmt.query_map([uid], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?
+    };
+    let snapshot = Snapshot {
+        user: UserSnapshot {
+            name: user,
+            status: parse_status(&ustatus),
+            groups,
+            attributes: user_attributes(&tx, uid)?,
+        },
+        device: DeviceSnapshot {
+            name: device,
+            fingerprint,
+            key_type,
+            status: parse_status(&dstatus),
+            posture: posture(&tx, device_id)?,
+        },
+        connection: ConnectionSnapshot { peer, at },
+        policy_sha256: policy_sha256.to_string(),
+    };
+    tx.finish()?;
+    Ok(snapshot)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::db;
+    use super::super::*;
+    use super::*;
+    use crate::model::AttrValue;
+
+    #[test]
+    fn snapshot_holds_groups_attributes_and_posture() {
+        let (_d, mut conn) = db();
+        add_user(&conn, "alice", &["dba".into()], 1).unwrap();
+        set_user_attributes(
+            &conn,
+            "alice",
+            &[("team".into(), AttrValue::Text("db".into()))],
+            1,
+        )
+        .unwrap();
+        let key = NewDevice {
+            fingerprint: "SHA256:f",
+            key_type: "ssh-ed25519",
+            public_key: "k",
+            label: "l",
+        };
+        add_device(&conn, "alice", "mbp", &key, 1).unwrap();
+        set_posture(
+            &conn,
+            "mbp",
+            &[("disk_encrypted".into(), AttrValue::Bool(true))],
+            5,
+        )
+        .unwrap();
+        let id = identity_by_fingerprint(&conn, "SHA256:f").unwrap().unwrap();
+        assert_eq!(id.refusal(), None);
+        let s = take_snapshot(
+            &mut conn,
+            id.device_id,
+            "127.0.0.1".parse().unwrap(),
+            9,
+            "abc",
+        )
+        .unwrap();
+        assert_eq!(s.user.groups, vec!["dba"]);
+        assert_eq!(s.user.attributes["team"], AttrValue::Text("db".into()));
+        assert_eq!(s.device.posture["disk_encrypted"].reported_at, 5);
+        assert_eq!(s.policy_sha256, "abc");
+        set_user_status(&conn, "alice", Status::Inactive, 10).unwrap();
+        let id = identity_by_fingerprint(&conn, "SHA256:f").unwrap().unwrap();
+        assert!(id.refusal().unwrap().contains("suspended"));
+    }
+}

@@ -1,0 +1,100 @@
+//! Embedded, versioned schema migrations.
+//!
+//! Each entry of [`MIGRATIONS`] moves the database from version `i` to
+//! `i + 1` (`PRAGMA user_version`). Migrations are applied in one
+//! transaction each and are never edited once released: a change is a new
+//! entry.
+
+/// The migrations, in order. Version N of the schema is the state after the
+/// first N entries.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: inventory, CA keys, certificates, the audit chain.
+    r#"
+    CREATE TABLE users (
+        id          INTEGER PRIMARY KEY,
+        name        TEXT NOT NULL UNIQUE,
+        status      TEXT NOT NULL CHECK (status IN ('active', 'inactive')),
+        created_at  INTEGER NOT NULL
+    );
+    CREATE TABLE user_groups (
+        user_id     INTEGER NOT NULL REFERENCES users(id),
+        grp         TEXT NOT NULL,
+        PRIMARY KEY (user_id, grp)
+    ) WITHOUT ROWID;
+    CREATE INDEX user_groups_by_group ON user_groups(grp);
+    CREATE TABLE user_attributes (
+        user_id     INTEGER NOT NULL REFERENCES users(id),
+        attr        TEXT NOT NULL,
+        value       TEXT NOT NULL,
+        PRIMARY KEY (user_id, attr)
+    ) WITHOUT ROWID;
+    CREATE TABLE devices (
+        id          INTEGER PRIMARY KEY,
+        name        TEXT NOT NULL UNIQUE,
+        user_id     INTEGER NOT NULL REFERENCES users(id),
+        fingerprint TEXT NOT NULL UNIQUE,
+        key_type    TEXT NOT NULL,
+        public_key  TEXT NOT NULL,
+        label       TEXT NOT NULL,
+        status      TEXT NOT NULL CHECK (status IN ('active', 'inactive')),
+        created_at  INTEGER NOT NULL
+    );
+    CREATE INDEX devices_by_user ON devices(user_id);
+    CREATE TABLE posture (
+        device_id   INTEGER NOT NULL REFERENCES devices(id),
+        attr        TEXT NOT NULL,
+        value       TEXT NOT NULL,
+        reported_at INTEGER NOT NULL,
+        PRIMARY KEY (device_id, attr)
+    ) WITHOUT ROWID;
+    CREATE TABLE ca_keys (
+        id          INTEGER PRIMARY KEY,
+        fingerprint TEXT NOT NULL UNIQUE,
+        algorithm   TEXT NOT NULL,
+        public_key  TEXT NOT NULL,
+        file        TEXT NOT NULL,
+        state       TEXT NOT NULL
+                    CHECK (state IN ('next', 'active', 'retiring', 'retired', 'revoked')),
+        created_at  INTEGER NOT NULL,
+        activated_at INTEGER,
+        retired_at  INTEGER
+    );
+    CREATE UNIQUE INDEX ca_keys_one_active ON ca_keys(state) WHERE state = 'active';
+    CREATE TABLE certificates (
+        serial      INTEGER PRIMARY KEY CHECK (serial > 0),
+        key_id      TEXT NOT NULL UNIQUE,
+        user_id     INTEGER NOT NULL REFERENCES users(id),
+        device_id   INTEGER NOT NULL REFERENCES devices(id),
+        role        TEXT NOT NULL,
+        ca_key_id   INTEGER NOT NULL REFERENCES ca_keys(id),
+        principals  TEXT NOT NULL,
+        valid_after INTEGER NOT NULL,
+        valid_before INTEGER NOT NULL,
+        issued_at   INTEGER NOT NULL,
+        request_id  TEXT,
+        audit_seq   INTEGER NOT NULL,
+        revoked_at  INTEGER,
+        revoke_reason TEXT
+    );
+    CREATE INDEX certificates_by_user ON certificates(user_id);
+    CREATE INDEX certificates_by_device ON certificates(device_id);
+    CREATE TABLE audit (
+        seq         INTEGER PRIMARY KEY,
+        at          INTEGER NOT NULL,
+        kind        TEXT NOT NULL,
+        user        TEXT,
+        device      TEXT,
+        role        TEXT,
+        request_id  TEXT,
+        body        TEXT NOT NULL,
+        prev_hash   TEXT NOT NULL,
+        hash        TEXT NOT NULL
+    );
+    CREATE INDEX audit_by_user ON audit(user, seq);
+    CREATE INDEX audit_by_at ON audit(at);
+    CREATE TRIGGER audit_append_only_update BEFORE UPDATE ON audit
+        BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
+    CREATE TRIGGER audit_append_only_delete BEFORE DELETE ON audit
+        BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
+    "#,
+];

@@ -1,0 +1,192 @@
+//! The daemon's single writer thread, with group commit.
+//!
+//! Serial numbers and the audit chain need one order, so every write of the
+//! daemon runs on one connection owned by one thread. Jobs queue on a
+//! channel; the thread takes every job that is waiting (up to
+//! [`MAX_BATCH`]), runs each inside its own savepoint of one transaction,
+//! commits once, and only then answers each job. A job's result therefore
+//! never reaches its caller before the commit that holds its writes is
+//! durable, and a failed commit turns every result of the batch into an
+//! error: nothing is reported as written that was not.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::thread;
+
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+use super::StoreError;
+
+/// The most jobs committed together.
+pub const MAX_BATCH: usize = 256;
+
+/// What a finished job does once the batch's commit is known.
+type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
+/// A job: runs on the writer's connection, says whether it succeeded, and
+/// hands back what to do after the commit.
+type Job = Box<dyn FnOnce(&Connection) -> (bool, Completion) + Send>;
+
+/// A handle to the writer thread. Cloning it is cheap; the thread stops
+/// when the last handle is dropped.
+#[derive(Clone)]
+pub struct Writer {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Writer {
+    /// Opens a connection to `path` and starts the writer thread on it.
+    pub fn spawn(path: &Path) -> Result<Writer, StoreError> {
+        let conn = super::connect(path)?;
+        let (jobs, queue) = mpsc::channel::<Job>();
+        thread::Builder::new()
+            .name("jitca-writer".into())
+            .spawn(move || run(conn, queue))
+            .map_err(|e| StoreError::invalid(format!("cannot start the writer thread: {e}")))?;
+        Ok(Writer { jobs })
+    }
+
+    /// Runs `f` in the writer's transaction and returns its result once the
+    /// transaction has committed. If `f` fails, its writes are rolled back
+    /// and the rest of the batch is unaffected.
+    pub async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = f(conn);
+            let ok = result.is_ok();
+            let completion: Completion = Box::new(move |commit| {
+                let out = match commit {
+                    Ok(()) => result,
+                    Err(e) => Err(StoreError::invalid(format!(
+                        "the database commit failed, nothing was stored: {e}"
+                    ))),
+                };
+                let _ = reply.send(out);
+            });
+            (ok, completion)
+        });
+        self.jobs.send(job).map_err(|_| StoreError::WriterGone)?;
+        answer.await.map_err(|_| StoreError::WriterGone)?
+    }
+}
+
+fn run(conn: Connection, queue: mpsc::Receiver<Job>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        commit_batch(&conn, batch);
+    }
+}
+
+fn commit_batch(conn: &Connection, batch: Vec<Job>) {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let message = e.to_string();
+        // Dropping the jobs unrun closes their reply channels: each caller
+        // gets an error, and nothing was written.
+        tracing::error!(error = %message, jobs = batch.len(), "cannot begin a write transaction");
+        return;
+    }
+
+    let mut completions = Vec::with_capacity(batch.len());
+    for job in batch {
+        let savepoint = conn.execute_batch("SAVEPOINT job");
+        let (ok, completion) = job(conn);
+        let end = match (savepoint.is_ok(), ok) {
+            (true, true) => conn.execute_batch("RELEASE job"),
+            (true, false) => conn.execute_batch("ROLLBACK TO job; RELEASE job"),
+            (false, _) => savepoint,
+        };
+        let ok = ok && end.is_ok();
+        completions.push((ok, completion));
+    }
+
+    let commit = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+    if commit.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    for (ok, completion) in completions {
+        // A job that failed carries its own error; the commit result only
+        // matters for the ones that succeeded.
+        completion(if ok { commit.clone() } else { Ok(()) });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(path: &Path) -> i64 {
+        let conn = super::super::connect(path).unwrap();
+        conn.query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn results_arrive_after_commit_and_failed_jobs_roll_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        super::super::open(&path).unwrap();
+        let writer = Writer::spawn(&path).unwrap();
+
+        let mut tasks = Vec::new();
+        for i in 0..50 {
+            let w = writer.clone();
+            tasks.push(tokio::spawn(async move {
+                w.run(move |c| {
+                    c.execute(
+                        "INSERT INTO users (name, status, created_at) VALUES (?1, 'active', 0)",
+                        [format!("u{i}")],
+                    )?;
+                    if i % 10 == 0 {
+                        return Err(StoreError::invalid("refused"));
+                    }
+                    Ok(i)
+                })
+                .await
+            }));
+        }
+        let mut ok = 0;
+        for t in tasks {
+            if t.await.unwrap().is_ok() {
+                ok += 1;
+                // Visible from another connection: the commit has happened.
+            }
+        }
+        assert_eq!(ok, 45);
+        assert_eq!(count(&path), 45);
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_is_reported_to_every_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        super::super::open(&path).unwrap();
+        let writer = Writer::spawn(&path).unwrap();
+        // A deferred foreign key violation only shows at COMMIT.
+        let r = writer
+            .run(|c| {
+                c.execute_batch("PRAGMA defer_foreign_keys = ON")?;
+                c.execute(
+                    "INSERT INTO user_groups (user_id, grp) VALUES (999, 'g')",
+                    [],
+                )?;
+                Ok(())
+            })
+            .await;
+        assert!(r.is_err(), "a commit that fails must not report success");
+        let conn = super::super::connect(&path).unwrap();
+        let n: i64 = conn
+            .query_row("SELECT COUNT(*) FROM user_groups", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 0);
+    }
+}
