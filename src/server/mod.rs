@@ -1,1 +1,189 @@
-//! server
+//! The daemon: the russh front end and the state its connections share.
+//!
+//! Connections are accepted under a limit; each runs its own
+//! [`session::Connection`] handler. Data flows one way: connection →
+//! identity → snapshot → decision → issuance → audit → reply.
+
+pub mod commands;
+pub mod issue;
+mod limits;
+mod readers;
+mod run;
+mod session;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use russh::keys::PrivateKey;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::audit::{self, Event};
+use crate::ca::registry::Signers;
+use crate::inventory::Identity;
+use crate::model::now_unix;
+use crate::policy::Policy;
+use crate::store::writer::Writer;
+pub use readers::Readers;
+
+/// What every connection shares.
+pub struct State {
+    pub policy_path: PathBuf,
+    policy: RwLock<Arc<Policy>>,
+    pub writer: Writer,
+    pub readers: Readers,
+    pub signers: Signers,
+    refusals: limits::RefusalLimiter,
+}
+
+impl State {
+    pub fn new(db: &Path, ca_dir: &Path, policy_path: &Path, policy: Policy) -> Result<State, crate::store::StoreError> {
+        Ok(State {
+            policy_path: policy_path.to_path_buf(),
+            policy: RwLock::new(Arc::new(policy)),
+            writer: Writer::spawn(db)?,
+            readers: Readers::new(db),
+            signers: Signers::new(ca_dir),
+            refusals: limits::RefusalLimiter::default(),
+        })
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Arc<Policy> {
+        match self.policy.read() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Rereads the policy file; on any error keeps the policy it had and logs why.
+    pub fn reload_policy(&self) {
+        match Policy::load(&self.policy_path) {
+            Ok(p) => {
+                tracing::info!(sha256 = %p.sha256(), roles = p.roles().count(), "policy reloaded");
+                for w in p.warnings() {
+                    tracing::warn!(warning = %w, "policy warning");
+                }
+                match self.policy.write() {
+                    Ok(mut slot) => *slot = Arc::new(p),
+                    Err(poisoned) => *poisoned.into_inner() = Arc::new(p),
+                }
+            }
+            Err(e) => {
+                tracing::error!(
+                    file = %self.policy_path.display(),
+                    errors = %e,
+                    kept = %self.policy().sha256(),
+                    "policy reload refused; keeping the policy in force"
+                );
+            }
+        }
+    }
+
+    /// Audits an authentication refusal, at most once per key and peer per
+    /// interval, and within a global rate, so that a flood of attempts cannot
+    /// flood the audit log.
+    pub async fn record_refusal(&self, peer: IpAddr, fingerprint: &str, key_type: &str, who: Option<&Identity>, reason: &str) {
+        let suppressed = match self.refusals.admit(peer, fingerprint) {
+            limits::Admit::Record { suppressed } => suppressed,
+            limits::Admit::Drop => return,
+        };
+        let mut event = Event::new(
+            "auth-refused",
+            json!({
+                "peer": peer.to_string(),
+                "fingerprint": fingerprint,
+                "key_type": key_type,
+                "reason": reason,
+                "suppressed_since_last": suppressed,
+            }),
+        );
+        if let Some(w) = who {
+            event = event.user(&w.user).device(&w.device);
+        }
+        let at = now_unix();
+        if let Err(e) = self.writer.run(move |c| audit::append(c, at, &event).map(|_| ())).await {
+            tracing::error!(error = %e, "cannot audit an authentication refusal");
+        }
+    }
+}
+
+/// Limits of the listener.
+pub struct Limits {
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+/// The russh configuration: our host key, public-key authentication only.
+fn config(host_key: PrivateKey, limits: &Limits) -> russh::server::Config {
+    let mut methods = russh::MethodSet::empty();
+    methods.push(russh::MethodKind::PublicKey);
+    russh::server::Config {
+        server_id: russh::SshId::Standard(format!("SSH-2.0-jitca_{}", env!("CARGO_PKG_VERSION")).into()),
+        methods,
+        keys: vec![host_key],
+        auth_rejection_time: Duration::from_millis(300),
+        auth_rejection_time_initial: Some(Duration::from_millis(0)),
+        max_auth_attempts: 6,
+        inactivity_timeout: Some(limits.idle_timeout),
+        nodelay: true,
+        ..Default::default()
+    }
+}
+
+/// Accepts connections until the process is stopped. SIGHUP rereads the policy.
+pub async fn serve(state: Arc<State>, listener: TcpListener, host_key: PrivateKey, limits: Limits) -> std::io::Result<()> {
+    let config = Arc::new(config(host_key, &limits));
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+
+    let reload = state.clone();
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; policy reload needs a restart");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            reload.reload_policy();
+        }
+    });
+
+    loop {
+        let (socket, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off, keep serving.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, max = limits.max_connections, "connection limit reached; closing");
+            drop(socket);
+            continue;
+        };
+        let _ = socket.set_nodelay(true);
+        let config = config.clone();
+        let state = state.clone();
+        tokio::spawn(async move {
+            connection(config, state, socket, peer).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn connection(config: Arc<russh::server::Config>, state: Arc<State>, socket: tokio::net::TcpStream, peer: SocketAddr) {
+    let handler = session::Connection::new(state, peer);
+    match russh::server::run_stream(config, socket, handler).await {
+        Ok(running) => {
+            if let Err(e) = running.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        Err(e) => tracing::debug!(%peer, error = %e, "handshake failed"),
+    }
+}

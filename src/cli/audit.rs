@@ -1,0 +1,114 @@
+//! `jitca audit`: list, show and verify the audit log.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Subcommand;
+
+use super::{Paths, open_db};
+use crate::audit::{self, Filter, Record, Verdict};
+use crate::model::now_unix;
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// List records, oldest first
+    List {
+        /// Only records about this user
+        #[arg(long)]
+        user: Option<String>,
+        /// Only records since this time: RFC 3339 (2026-12-04T10:00:00Z) or a duration ago (1h)
+        #[arg(long, value_parser = parse_since)]
+        since: Option<i64>,
+        /// Only records of this kind (issued, denied, auth-refused, ...)
+        #[arg(long)]
+        kind: Option<String>,
+        /// One JSON object per line
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one record in full
+    Show { id: i64 },
+    /// Walk the hash chain; exit 1 naming the first record that does not match
+    Verify,
+}
+
+fn parse_since(s: &str) -> Result<i64, String> {
+    if let Ok(d) = humantime::parse_duration(s) {
+        return Ok(now_unix() - d.as_secs() as i64);
+    }
+    crate::inventory::parse_time(s).map_err(|e| format!("{e}, or a duration such as 1h"))
+}
+
+pub fn audit(paths: &Paths, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
+    let conn = open_db(paths)?;
+    match cmd {
+        AuditCommand::List { user, since, kind, json } => {
+            let records = audit::list(&conn, &Filter { user, since, kind, limit: None })?;
+            for r in &records {
+                if json {
+                    println!("{}", serde_json::to_string(r)?);
+                } else {
+                    println!("{}", summary(r));
+                }
+            }
+        }
+        AuditCommand::Show { id } => match audit::get(&conn, id)? {
+            Some(r) => println!("{}", serde_json::to_string_pretty(&r)?),
+            None => anyhow::bail!("there is no audit record {id}: see `jitca audit list`"),
+        },
+        AuditCommand::Verify => match audit::verify(&conn)? {
+            Verdict::Intact { records, head } => {
+                match head {
+                    Some((seq, hash)) => println!("audit chain ok: {records} records, head {seq} {hash}"),
+                    None => println!("audit chain ok: 0 records"),
+                }
+            }
+            Verdict::Broken { seq, problem } => {
+                eprintln!("error: audit chain broken at audit record {seq}: {problem}");
+                return Ok(ExitCode::FAILURE);
+            }
+        },
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One line per record: sequence, time, kind, subject, and the gist.
+fn summary(r: &Record) -> String {
+    let when = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(r.at.max(0) as u64));
+    let mut line = format!("{:>6} {when} {:<20}", r.seq, r.kind);
+    for (k, v) in [("user", &r.user), ("device", &r.device), ("role", &r.role), ("request", &r.request_id)] {
+        if let Some(v) = v {
+            line.push_str(&format!(" {k}={v}"));
+        }
+    }
+    let b = &r.body;
+    match r.kind.as_str() {
+        "issued" => {
+            let c = &b["certificate"];
+            line.push_str(&format!(" serial={} principals={} key_id={}", c["serial"], c["principals"], c["key_id"]));
+        }
+        "denied" => {
+            let failed: Vec<String> = b["decision"]["rules"]
+                .as_array()
+                .map(|rules| {
+                    rules
+                        .iter()
+                        .filter(|r| r["passed"] == false)
+                        .map(|r| format!("{} (saw {})", r["rule"].as_str().unwrap_or("?"), r["seen"].as_str().unwrap_or("?")))
+                        .collect()
+                })
+                .unwrap_or_default();
+            line.push_str(&format!(" failed: {}", failed.join("; ")));
+        }
+        "auth-refused" => {
+            line.push_str(&format!(
+                " peer={} fingerprint={} reason={}",
+                b["peer"].as_str().unwrap_or("?"),
+                b["fingerprint"].as_str().unwrap_or("?"),
+                b["reason"]
+            ));
+        }
+        _ => {}
+    }
+    line
+}

@@ -1,0 +1,194 @@
+//! `jitca init`, `serve`, `ca` and `policy`: setting up and running the CA.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Subcommand;
+
+use super::{Paths, open_db};
+use crate::ca::keys::load_or_create_host_key;
+use crate::ca::registry;
+use crate::model::now_unix;
+use crate::policy::Policy;
+use crate::server::{self, Limits, State};
+use crate::store;
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on
+    #[arg(long, default_value = "127.0.0.1:2222")]
+    listen: SocketAddr,
+    /// Most connections served at once; more are closed at once
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Close a connection that sends nothing for this long
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Print the CA public keys hosts should trust (a TrustedUserCAKeys file)
+    Trusted,
+    /// List the CA keys and their states
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a policy file (default: the --policy file); exit 1 when invalid
+    Check { file: Option<PathBuf> },
+}
+
+/// What `init` created, for the operator or the log.
+struct Created {
+    database: bool,
+    ca_key: Option<String>,
+    host_key: bool,
+}
+
+fn create_state(paths: &Paths) -> anyhow::Result<Created> {
+    let (mut conn, database) = store::open(&paths.db)?;
+    let now = now_unix();
+    let ca_key = store::write(&mut conn, |c| registry::ensure_active(c, &paths.ca_keys, now))?;
+    let (_, host_key) = load_or_create_host_key(&paths.ca_keys)?;
+    Ok(Created { database, ca_key, host_key })
+}
+
+fn sshd_lines() -> &'static str {
+    "# On every host that should accept jitca certificates, in /etc/ssh/sshd_config:\n\
+     TrustedUserCAKeys /etc/ssh/jitca_user_ca.pub\n\
+     # and fill that file with the output of `jitca ca trusted` (refresh it after a rotation).\n\
+     # A certificate logs in as any of its principals: the role's `principals` in policy.toml.\n"
+}
+
+pub fn init(paths: &Paths) -> anyhow::Result<ExitCode> {
+    let created = create_state(paths)?;
+    let mut any = false;
+    if created.database {
+        println!("created database {}", paths.db.display());
+        any = true;
+    }
+    if let Some(fp) = &created.ca_key {
+        println!("created CA key {fp} in {}", paths.ca_keys.display());
+        any = true;
+    }
+    if created.host_key {
+        println!("created host key in {}", paths.ca_keys.display());
+        any = true;
+    }
+    if !any {
+        println!("nothing to create: {} and {} are already set up", paths.db.display(), paths.ca_keys.display());
+    }
+    print!("\n{}", sshd_lines());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn serve(paths: &Paths, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    // An invalid policy refuses the start: nothing is created before it is known good.
+    let policy = Policy::load(&paths.policy).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for w in policy.warnings() {
+        tracing::warn!(warning = %w, "policy warning");
+    }
+    let created = create_state(paths)?;
+    if created.database {
+        tracing::info!(db = %paths.db.display(), "created database");
+    }
+    if let Some(fp) = &created.ca_key {
+        tracing::info!(fingerprint = %fp, dir = %paths.ca_keys.display(), "created CA key");
+    }
+    if created.host_key {
+        tracing::info!(dir = %paths.ca_keys.display(), "created host key");
+    }
+    let (host_key, _) = load_or_create_host_key(&paths.ca_keys)?;
+    let state = State::new(&paths.db, &paths.ca_keys, &paths.policy, policy)?;
+
+    // Load the signing key now, so that a bad key file stops the start
+    // rather than the first request.
+    let conn = open_db(paths)?;
+    let (_, ca) = state.signers.active(&conn)?;
+    drop(conn);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(
+            %addr,
+            ca = %ca.fingerprint(),
+            policy = %state.policy().sha256(),
+            "listening on {addr}"
+        );
+        let limits = Limits { max_connections: args.max_connections, idle_timeout: args.idle_timeout };
+        tokio::select! {
+            r = server::serve(Arc::new(state), listener, host_key, limits) => r.context("the listener failed")?,
+            _ = shutdown() => tracing::info!("shutting down"),
+        }
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+pub fn ca(paths: &Paths, cmd: CaCommand) -> anyhow::Result<ExitCode> {
+    let conn = open_db(paths)?;
+    match cmd {
+        CaCommand::Trusted => {
+            let keys = registry::trusted(&conn)?;
+            if keys.is_empty() {
+                anyhow::bail!("there is no CA key yet: run `jitca init` first");
+            }
+            for k in keys {
+                println!("{k}");
+            }
+        }
+        CaCommand::List => {
+            for k in registry::list(&conn)? {
+                println!("{:<9} {} {} {} created {}", k.state, k.fingerprint, k.algorithm, k.file, ts(k.created_at));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ts(t: i64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64)).to_string()
+}
+
+pub fn policy(paths: &Paths, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
+    let PolicyCommand::Check { file } = cmd;
+    let path: &Path = file.as_deref().unwrap_or(&paths.policy);
+    match Policy::load(path) {
+        Ok(p) => {
+            for w in p.warnings() {
+                println!("warning: {w}");
+            }
+            println!("ok: {} is valid ({} roles, sha256 {})", path.display(), p.roles().count(), p.sha256());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!("error: {} is not a valid policy", path.display());
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
