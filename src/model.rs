@@ -194,7 +194,10 @@ mod tests {
             AttrValue::Text("14.10".into())
         );
         assert_eq!(AttrValue::parse_cli("007"), AttrValue::Text("007".into()));
-        assert_eq!(AttrValue::parse_cli("macos"), AttrValue::Text("macos".into()));
+        assert_eq!(
+            AttrValue::parse_cli("macos"),
+            AttrValue::Text("macos".into())
+        );
     }
 
     #[test]
