@@ -12,9 +12,9 @@ use rand::Rng;
 use russh::keys::ssh_key::certificate::{Builder, CertType};
 use russh::keys::{Certificate, PublicKey};
 
+use super::algorithm::check_algorithm;
 use super::keys::CaKey;
 use super::options::{OptionError, check_critical_options, check_extensions, check_principals};
-use super::subject::check_algorithm;
 
 /// The nonce length: PROTOCOL.certkeys asks for a CA-provided random value
 /// so that signatures cannot be chosen by the subject.
@@ -229,24 +229,15 @@ mod tests {
     use super::*;
     use crate::ca::keys::{CaAlgorithm, generate_ca_key, load_ca_key};
     use crate::ca::subject::read_subject_key;
-    use std::path::{Path, PathBuf};
-    use std::process::Command;
+    use crate::ca::testutil::{fixture, keygen_list, section, ssh_keygen, utc};
+    use std::path::Path;
 
-    const SSH_KEYGEN: &str = "/usr/bin/ssh-keygen";
     const SUBJECTS: &[&str] = &["ed25519", "ecdsa-p384", "ecdsa-p521", "rsa-3072"];
 
-    fn ssh_keygen() -> Command {
-        assert!(
-            Path::new(SSH_KEYGEN).exists(),
-            "{SSH_KEYGEN} not found: install openssh-client to run these tests"
-        );
-        Command::new(SSH_KEYGEN)
-    }
-
     fn subject(name: &str) -> PublicKey {
-        let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/keys"))
-            .join(format!("{name}.pub"));
-        read_subject_key(&path).expect("fixture accepted").key
+        read_subject_key(&fixture(&format!("{name}.pub")))
+            .expect("fixture accepted")
+            .key
     }
 
     fn ed25519_ca(dir: &Path) -> CaKey {
@@ -275,60 +266,6 @@ mod tests {
             .expect("run ssh-keygen");
         assert!(status.success());
         load_ca_key(&path).expect("load RSA CA")
-    }
-
-    /// `ssh-keygen -L` of the certificate, times shown in UTC.
-    fn keygen_list(dir: &Path, cert: &Certificate) -> String {
-        let path = dir.join("id-cert.pub");
-        let line = certificate_line(cert).expect("line");
-        assert!(!line.contains('\n'));
-        std::fs::write(&path, format!("{line}\n")).expect("write cert");
-        let out = ssh_keygen()
-            .env("TZ", "UTC")
-            .arg("-L")
-            .arg("-f")
-            .arg(&path)
-            .output()
-            .expect("run ssh-keygen");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "ssh-keygen -L refused the certificate: {}{text}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        text
-    }
-
-    /// The indented lines under `heading` in `ssh-keygen -L` output.
-    fn section<'t>(text: &'t str, heading: &str) -> Vec<&'t str> {
-        text.lines()
-            .skip_while(|l| l.trim() != heading)
-            .skip(1)
-            .take_while(|l| l.starts_with("                "))
-            .map(str::trim)
-            .collect()
-    }
-
-    /// Unix seconds as `YYYY-MM-DDTHH:MM:SS` in UTC, as `ssh-keygen -L` prints.
-    fn utc(secs: u64) -> String {
-        let days = (secs / 86_400) as i64;
-        let rem = secs % 86_400;
-        // Civil date from days since 1970-01-01 (proleptic Gregorian).
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = doy - (153 * mp + 2) / 5 + 1;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 };
-        let year = yoe + era * 400 + i64::from(month <= 2);
-        format!(
-            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
-            rem / 3600,
-            rem % 3600 / 60,
-            rem % 60
-        )
     }
 
     struct Fields {
@@ -376,11 +313,9 @@ mod tests {
     }
 
     fn check_listing(text: &str, ca: &CaKey, subject: &PublicKey, req: &CertRequest) {
-        let alg = subject.algorithm().as_str().to_string();
+        let cert_type = subject.algorithm().to_certificate_type();
         assert!(
-            text.contains(&format!(
-                "Type: {alg}-cert-v01@openssh.com user certificate"
-            )),
+            text.contains(&format!("Type: {cert_type} user certificate")),
             "{text}"
         );
         let subject_fp = subject
@@ -463,7 +398,7 @@ mod tests {
     fn fido_subject_certificate_parses_in_ssh_keygen() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = ed25519_ca(dir.path());
-        let line = crate::ca::subject::tests::sk_ed25519_line();
+        let line = crate::ca::testutil::sk_ed25519_line();
         let key = crate::ca::subject::parse_subject_key("sk.pub", line.as_bytes())
             .expect("sk key")
             .key;
@@ -518,96 +453,82 @@ mod tests {
         assert_ne!(cert.nonce(), again.nonce(), "nonces must be random");
     }
 
-    #[test]
-    fn serial_zero_is_refused() {
+    /// The refusal for the standard request after `edit`.
+    fn refused_with(f: &Fields, edit: impl FnOnce(&mut CertRequest)) -> CertError {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = ed25519_ca(dir.path());
         let key = subject("ed25519");
-        let f = fields();
-        let req = request(&key, &f, 0);
-        assert!(matches!(
-            sign_certificate(&ca, &req),
-            Err(CertError::ZeroSerial)
-        ));
+        let mut req = request(&key, f, 1);
+        edit(&mut req);
+        sign_certificate(&ca, &req).expect_err("must be refused")
+    }
+
+    /// The refusal for the standard request with `edit` made to its fields.
+    fn refused(edit: impl FnOnce(&mut Fields)) -> CertError {
+        let mut f = fields();
+        edit(&mut f);
+        refused_with(&f, |_| {})
+    }
+
+    #[test]
+    fn serial_zero_is_refused() {
+        let err = refused_with(&fields(), |r| r.serial = 0);
+        assert!(matches!(err, CertError::ZeroSerial), "{err}");
     }
 
     #[test]
     fn bad_principals_options_and_extensions_are_refused() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ca = ed25519_ca(dir.path());
-        let key = subject("ed25519");
-
-        let mut f = fields();
-        f.principals.clear();
-        let err = sign_certificate(&ca, &request(&key, &f, 1)).expect_err("no principals");
-        assert!(matches!(err, CertError::Option(OptionError::NoPrincipals)));
-
+        use OptionError as E;
+        let err = refused(|f| f.principals.clear());
+        assert!(matches!(err, CertError::Option(E::NoPrincipals)), "{err}");
         for bad in ["a,b", "*", "ro?t", "!x", "a b", "a\u{1}"] {
-            let mut f = fields();
-            f.principals = vec![bad.to_string()];
-            let err = sign_certificate(&ca, &request(&key, &f, 1)).expect_err(bad);
-            assert!(matches!(
-                err,
-                CertError::Option(OptionError::UnsafePrincipal { .. })
-            ));
+            let err = refused(|f| f.principals = vec![bad.to_string()]);
+            assert!(
+                matches!(err, CertError::Option(E::UnsafePrincipal { .. })),
+                "{err}"
+            );
         }
+        let err = refused(|f| f.principals = (0..257).map(|i| format!("u{i}")).collect());
+        assert!(
+            matches!(err, CertError::Option(E::TooManyPrincipals { .. })),
+            "{err}"
+        );
 
-        let mut f = fields();
-        f.principals = (0..257).map(|i| format!("u{i}")).collect();
-        let err = sign_certificate(&ca, &request(&key, &f, 1)).expect_err("257");
-        assert!(matches!(
-            err,
-            CertError::Option(OptionError::TooManyPrincipals { .. })
-        ));
-
-        let mut f = fields();
-        f.options.insert("permit-pty".to_string(), String::new());
-        let err = sign_certificate(&ca, &request(&key, &f, 1)).expect_err("unknown option");
-        assert!(matches!(
-            err,
-            CertError::Option(OptionError::UnknownCriticalOption { .. })
-        ));
-
-        let mut f = fields();
-        f.options
-            .insert("source-address".to_string(), "10.0.0.0/8 ,x".to_string());
-        let err = sign_certificate(&ca, &request(&key, &f, 1)).expect_err("source-address");
-        assert!(matches!(
-            err,
-            CertError::Option(OptionError::BadSourceAddress { .. })
-        ));
-
-        let mut f = fields();
-        f.extensions.insert("permit-ptty".to_string());
-        let err = sign_certificate(&ca, &request(&key, &f, 1)).expect_err("extension");
-        assert!(matches!(
-            err,
-            CertError::Option(OptionError::UnknownExtension { .. })
-        ));
+        let err = refused(|f| {
+            f.options.insert("permit-pty".to_string(), String::new());
+        });
+        assert!(
+            matches!(err, CertError::Option(E::UnknownCriticalOption { .. })),
+            "{err}"
+        );
+        let err = refused(|f| {
+            f.options
+                .insert("source-address".to_string(), "10.0.0.0/8 ,x".to_string());
+        });
+        assert!(
+            matches!(err, CertError::Option(E::BadSourceAddress { .. })),
+            "{err}"
+        );
+        let err = refused(|f| {
+            f.extensions.insert("permit-ptty".to_string());
+        });
+        assert!(
+            matches!(err, CertError::Option(E::UnknownExtension { .. })),
+            "{err}"
+        );
     }
 
     #[test]
     fn empty_reversed_or_endless_windows_are_refused() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ca = ed25519_ca(dir.path());
-        let key = subject("ed25519");
-        let f = fields();
         for (after, before) in [(10, 10), (11, 10)] {
-            let mut req = request(&key, &f, 1);
-            req.valid_after = after;
-            req.valid_before = before;
-            assert!(matches!(
-                sign_certificate(&ca, &req),
-                Err(CertError::EmptyWindow { .. })
-            ));
+            let err = refused_with(&fields(), |r| {
+                (r.valid_after, r.valid_before) = (after, before)
+            });
+            assert!(matches!(err, CertError::EmptyWindow { .. }), "{err}");
         }
         for before in [u64::MAX, LATEST + 1] {
-            let mut req = request(&key, &f, 1);
-            req.valid_before = before;
-            assert!(matches!(
-                sign_certificate(&ca, &req),
-                Err(CertError::BeyondLatest { .. })
-            ));
+            let err = refused_with(&fields(), |r| r.valid_before = before);
+            assert!(matches!(err, CertError::BeyondLatest { .. }), "{err}");
         }
     }
 
@@ -628,17 +549,9 @@ mod tests {
 
     #[test]
     fn unsafe_key_id_is_refused() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ca = ed25519_ca(dir.path());
-        let key = subject("ed25519");
-        let f = fields();
         for bad in ["", "a b", "a\"b", "a\nb"] {
-            let mut req = request(&key, &f, 1);
-            req.key_id = bad.to_string();
-            assert!(matches!(
-                sign_certificate(&ca, &req),
-                Err(CertError::BadKeyId { .. })
-            ));
+            let err = refused_with(&fields(), |r| r.key_id = bad.to_string());
+            assert!(matches!(err, CertError::BadKeyId { .. }), "{err}");
         }
     }
 
@@ -682,12 +595,5 @@ mod tests {
         let (_, before) = validity(LATEST - 10, Duration::ZERO, Duration::from_secs(10))
             .expect("exactly i64::MAX");
         assert_eq!(before, LATEST);
-    }
-
-    #[test]
-    fn utc_formatting_matches_known_dates() {
-        assert_eq!(utc(0), "1970-01-01T00:00:00");
-        assert_eq!(utc(1_704_067_200), "2024-01-01T00:00:00");
-        assert_eq!(utc(951_782_400 + 3661), "2000-02-29T01:01:01");
     }
 }

@@ -1,6 +1,5 @@
-//! CA key files and the daemon's host key: generating them without ever
-//! replacing an existing file, and loading them only when nobody else can
-//! read or change them.
+//! CA key files: generating them without ever replacing an existing file,
+//! and loading them only when nobody else can read or change them.
 //!
 //! Key files are OpenSSH private keys (`-----BEGIN OPENSSH PRIVATE KEY-----`),
 //! unencrypted, mode 0600, like `sshd`'s host keys. A file that group or
@@ -16,17 +15,14 @@ use russh::keys::ssh_key::LineEnding;
 use russh::keys::ssh_key::private::{KeypairData, RsaKeypair};
 use russh::keys::{Algorithm, HashAlg, PrivateKey, PublicKey};
 
+use super::algorithm::{MIN_RSA_BITS, rsa_bits};
 use super::files::{
     CappedReadError, WriteNewError, ensure_private_dir, read_capped_file, write_new,
 };
-use super::subject::MIN_RSA_BITS;
 use crate::model::{BadName, check_name};
 
 /// The largest key file read: a 16384-bit RSA private key is about 12 KiB.
 const MAX_PRIVATE_KEY_BYTES: u64 = 64 * 1024;
-
-/// The host key's file name inside the daemon's key directory.
-pub const HOST_KEY_FILE: &str = "host_ed25519";
 
 /// The size of a generated RSA CA key.
 const RSA_CA_BITS: usize = 4096;
@@ -99,7 +95,7 @@ pub enum KeyFileError {
         error: std::io::Error,
     },
 
-    #[error("cannot read key file {path}: {error}")]
+    #[error("cannot read key file {path}: {error}; check the path and its permissions")]
     Read {
         path: PathBuf,
         error: std::io::Error,
@@ -278,10 +274,11 @@ pub fn load_ca_key(path: &Path) -> Result<CaKey, KeyFileError> {
     match key.key_data() {
         KeypairData::Ed25519(_) | KeypairData::Ecdsa(_) => {}
         KeypairData::Rsa(rsa) => {
-            if rsa.key_size() < MIN_RSA_BITS {
+            let bits = rsa_bits(rsa.public());
+            if bits < MIN_RSA_BITS {
                 return Err(KeyFileError::RsaTooSmall {
                     path: path.to_path_buf(),
-                    bits: rsa.key_size(),
+                    bits,
                     min: MIN_RSA_BITS,
                 });
             }
@@ -291,53 +288,8 @@ pub fn load_ca_key(path: &Path) -> Result<CaKey, KeyFileError> {
     CaKey::new(path, key)
 }
 
-/// Loads the daemon's SSH host key from `DIR/host_ed25519`, or creates it
-/// (mode 0600, `DIR` mode 0700 if missing) when there is none. Returns the
-/// key and whether it was created now.
-///
-/// An existing file is held to the same rules as a CA key and must be
-/// Ed25519. If another process creates the file at the same moment, its key
-/// is loaded rather than replaced.
-pub fn load_or_create_host_key(dir: &Path) -> Result<(PrivateKey, bool), KeyFileError> {
-    let path = dir.join(HOST_KEY_FILE);
-    if path.symlink_metadata().is_ok() {
-        return Ok((load_host_key(&path)?, false));
-    }
-
-    ensure_private_dir(dir).map_err(|error| KeyFileError::CreateDir {
-        path: dir.to_path_buf(),
-        error,
-    })?;
-    let mut key = random_key(CaAlgorithm::Ed25519)?;
-    key.set_comment("jitca-host");
-    let pem = key
-        .to_openssh(LineEnding::LF)
-        .map_err(|e| KeyFileError::Generate {
-            algorithm: "ed25519",
-            detail: format!("cannot encode the private key: {e}"),
-        })?;
-    match write_new(dir, HOST_KEY_FILE, pem.as_bytes(), 0o600) {
-        Ok(_) => Ok((key, true)),
-        Err(WriteNewError::Exists(_)) => Ok((load_host_key(&path)?, false)),
-        Err(e) => Err(write_error(e)),
-    }
-}
-
-/// Loads an existing host key file, which must be Ed25519.
-fn load_host_key(path: &Path) -> Result<PrivateKey, KeyFileError> {
-    let key = load_private_key(path)?;
-    if key.algorithm() != Algorithm::Ed25519 {
-        return Err(KeyFileError::Unsupported {
-            path: path.to_path_buf(),
-            algorithm: key.algorithm().as_str().to_string(),
-            hint: "the host key file must hold an ed25519 key; move it aside and jitca creates one",
-        });
-    }
-    Ok(key)
-}
-
 /// Opens, checks and parses an unencrypted OpenSSH private key file.
-fn load_private_key(path: &Path) -> Result<PrivateKey, KeyFileError> {
+pub(crate) fn load_private_key(path: &Path) -> Result<PrivateKey, KeyFileError> {
     let read_err = |error| KeyFileError::Read {
         path: path.to_path_buf(),
         error,
@@ -403,7 +355,7 @@ fn not_a_private_key(
 
 /// Generates a fresh key from the thread's CSPRNG (`rand::rng()` satisfies
 /// ssh-key's `CryptoRng` bound directly).
-fn random_key(algorithm: CaAlgorithm) -> Result<PrivateKey, KeyFileError> {
+pub(crate) fn random_key(algorithm: CaAlgorithm) -> Result<PrivateKey, KeyFileError> {
     let mut rng = rand::rng();
     let generated = match algorithm {
         CaAlgorithm::Ed25519 => PrivateKey::random(&mut rng, Algorithm::Ed25519),
@@ -417,7 +369,7 @@ fn random_key(algorithm: CaAlgorithm) -> Result<PrivateKey, KeyFileError> {
 }
 
 /// Maps a failed exclusive write to the key file error naming the file.
-fn write_error(e: WriteNewError) -> KeyFileError {
+pub(crate) fn write_error(e: WriteNewError) -> KeyFileError {
     match e {
         WriteNewError::Exists(path) => KeyFileError::Exists { path },
         WriteNewError::Io { path, error } => KeyFileError::Write { path, error },
@@ -427,6 +379,7 @@ fn write_error(e: WriteNewError) -> KeyFileError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ca::testutil::{fixture, ssh_keygen};
     use std::fs;
 
     fn mode_of(path: &Path) -> u32 {
@@ -456,12 +409,12 @@ mod tests {
     fn generated_key_matches_ssh_keygen_fingerprint() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = generate_ca_key(dir.path(), "ca", CaAlgorithm::Ed25519).expect("generate");
-        let out = std::process::Command::new("/usr/bin/ssh-keygen")
+        let out = ssh_keygen()
             .arg("-l")
             .arg("-f")
             .arg(dir.path().join("ca"))
             .output()
-            .expect("ssh-keygen missing: install openssh-client");
+            .expect("run ssh-keygen");
         assert!(
             out.status.success(),
             "{}",
@@ -546,11 +499,11 @@ mod tests {
     fn load_refuses_encrypted_keys() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("enc");
-        let status = std::process::Command::new("/usr/bin/ssh-keygen")
+        let status = ssh_keygen()
             .args(["-q", "-t", "ed25519", "-N", "secret-pass", "-f"])
             .arg(&path)
             .status()
-            .expect("ssh-keygen missing: install openssh-client");
+            .expect("run ssh-keygen");
         assert!(status.success());
         let err = load_ca_key(&path).expect_err("encrypted");
         assert!(matches!(err, KeyFileError::Encrypted { .. }), "{err}");
@@ -560,10 +513,9 @@ mod tests {
     #[test]
     fn load_refuses_public_keys_and_certificates() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let data = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/keys"));
         for (name, want_cert) in [("a-certificate.pub", true), ("ed25519.pub", false)] {
             let path = dir.path().join(name);
-            fs::copy(data.join(name), &path).expect("copy");
+            fs::copy(fixture(name), &path).expect("copy");
             fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod");
             let err = load_ca_key(&path).expect_err(name);
             if want_cert {
@@ -599,41 +551,22 @@ mod tests {
     }
 
     #[test]
-    fn load_accepts_an_rsa_key_from_ssh_keygen() {
+    fn load_accepts_rsa_2048_and_refuses_rsa_1024() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("rsa");
-        let status = std::process::Command::new("/usr/bin/ssh-keygen")
-            .args(["-q", "-t", "rsa", "-b", "2048", "-N", "", "-f"])
-            .arg(&path)
-            .status()
-            .expect("ssh-keygen missing: install openssh-client");
-        assert!(status.success());
-        let ca = load_ca_key(&path).expect("rsa loads");
-        assert_eq!(ca.algorithm(), "ssh-rsa");
-    }
-
-    #[test]
-    fn host_key_is_created_once_then_loaded() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let keys = dir.path().join("state");
-        let (first, created) = load_or_create_host_key(&keys).expect("create");
-        assert!(created);
-        assert_eq!(first.algorithm(), Algorithm::Ed25519);
-        assert_eq!(mode_of(&keys.join(HOST_KEY_FILE)), 0o600);
-
-        let (second, created) = load_or_create_host_key(&keys).expect("load");
-        assert!(!created);
-        assert_eq!(
-            first.fingerprint(HashAlg::Sha256),
-            second.fingerprint(HashAlg::Sha256)
-        );
-
-        fs::set_permissions(keys.join(HOST_KEY_FILE), fs::Permissions::from_mode(0o644))
-            .expect("chmod");
-        assert!(matches!(
-            load_or_create_host_key(&keys),
-            Err(KeyFileError::Permissions { .. })
-        ));
+        for bits in ["2048", "1024"] {
+            let path = dir.path().join(format!("rsa{bits}"));
+            let status = ssh_keygen()
+                .args(["-q", "-t", "rsa", "-b", bits, "-N", "", "-f"])
+                .arg(&path)
+                .status()
+                .expect("run ssh-keygen");
+            assert!(status.success());
+            match (bits, load_ca_key(&path)) {
+                ("2048", Ok(ca)) => assert_eq!(ca.algorithm(), "ssh-rsa"),
+                ("1024", Err(KeyFileError::RsaTooSmall { bits: 1024, .. })) => {}
+                (bits, other) => panic!("rsa {bits}: unexpected {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -2,9 +2,9 @@
 //! and the certificate builder (OpenSSH PROTOCOL.certkeys).
 //!
 //! - [`subject`]: enrolment key files, parsed and refused with one clear
-//!   message each;
-//! - [`keys`]: CA keys and the daemon's host key, generated without ever
-//!   overwriting and loaded only with safe permissions;
+//!   message each, by the rule in [`algorithm`];
+//! - [`keys`]: CA keys, generated without ever overwriting and loaded only
+//!   with safe permissions; [`host_key`]: the daemon's own host key;
 //! - [`options`]: principals, critical options and extensions;
 //! - [`cert`]: the builder that signs user certificates.
 
@@ -12,8 +12,12 @@
 // wired in yet, so much of it is unused in the binary for now.
 #![allow(dead_code)]
 
+pub mod algorithm;
 pub mod cert;
 mod files;
+pub mod host_key;
 pub mod keys;
 pub mod options;
 pub mod subject;
+#[cfg(test)]
+mod testutil;

@@ -12,35 +12,16 @@ use std::path::Path;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use russh::keys::ssh_key::public::KeyData;
 use russh::keys::{HashAlg, PublicKey};
 
+use super::algorithm::{
+    ACCEPTED_ALGORITHMS, ACCEPTED_HINT, AlgorithmRefusal, CERT_SUFFIX, MIN_RSA_BITS,
+    check_algorithm,
+};
 use super::files::{CappedReadError, read_capped_file};
 
 /// The largest enrolment file read: a 16384-bit RSA key line fits easily.
 pub const MAX_KEY_FILE_BYTES: u64 = 16 * 1024;
-
-/// The smallest RSA modulus accepted, in bits.
-pub const MIN_RSA_BITS: u32 = 2048;
-
-/// The algorithms a subject key may use.
-pub const ACCEPTED_ALGORITHMS: &[&str] = &[
-    "ssh-ed25519",
-    "ecdsa-sha2-nistp256",
-    "ecdsa-sha2-nistp384",
-    "ecdsa-sha2-nistp521",
-    "ssh-rsa",
-    "sk-ssh-ed25519@openssh.com",
-    "sk-ecdsa-sha2-nistp256@openssh.com",
-];
-
-/// The suffix of every certificate type name (PROTOCOL.certkeys).
-const CERT_SUFFIX: &str = "-cert-v01@openssh.com";
-
-/// What the accepted-algorithm list says, for messages.
-const ACCEPTED_HINT: &str = "use ssh-ed25519 (recommended), ecdsa-sha2-nistp256/384/521, \
-     ssh-rsa of at least 2048 bits, sk-ssh-ed25519@openssh.com or \
-     sk-ecdsa-sha2-nistp256@openssh.com";
 
 /// A parsed, accepted subject key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,7 +55,7 @@ impl SubjectKey {
 /// Why an enrolment key was refused. Every message names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum SubjectKeyError {
-    #[error("cannot read public key file {file}: {error}")]
+    #[error("cannot read public key file {file}: {error}; check the path and its permissions")]
     Read { file: String, error: std::io::Error },
 
     #[error(
@@ -150,63 +131,6 @@ pub enum SubjectKeyError {
         "RSA key in {file} has {bits} bits, below the minimum of {min}: generate a new key, e.g. `ssh-keygen -t ed25519`"
     )]
     RsaTooSmall { file: String, bits: u32, min: u32 },
-}
-
-/// Why a key's algorithm cannot be certified, independent of any file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum AlgorithmRefusal {
-    Certificate(String),
-    Unsupported(String),
-    RsaTooSmall(u32),
-}
-
-impl std::fmt::Display for AlgorithmRefusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            AlgorithmRefusal::Certificate(kind) => write!(
-                f,
-                "the key is a certificate ({kind}), which cannot itself be certified"
-            ),
-            AlgorithmRefusal::Unsupported(alg) => {
-                write!(f, "key type {alg} is not accepted: {ACCEPTED_HINT}")
-            }
-            AlgorithmRefusal::RsaTooSmall(bits) => write!(
-                f,
-                "the RSA key has {bits} bits, below the minimum of {MIN_RSA_BITS}"
-            ),
-        }
-    }
-}
-
-/// Checks that a decoded key is of a kind jitca certifies: one of
-/// [`ACCEPTED_ALGORITHMS`], never a certificate, RSA of at least
-/// [`MIN_RSA_BITS`].
-pub(crate) fn check_algorithm(key: &KeyData) -> Result<(), AlgorithmRefusal> {
-    let name = key.algorithm().as_str().to_string();
-    if key.is_certificate() || name.ends_with(CERT_SUFFIX) {
-        return Err(AlgorithmRefusal::Certificate(name));
-    }
-    if !ACCEPTED_ALGORITHMS.contains(&name.as_str()) {
-        return Err(AlgorithmRefusal::Unsupported(name));
-    }
-    if let Some(rsa) = key.rsa() {
-        let bits = modulus_bits(rsa.n().as_positive_bytes().unwrap_or_default());
-        if bits < MIN_RSA_BITS {
-            return Err(AlgorithmRefusal::RsaTooSmall(bits));
-        }
-    }
-    Ok(())
-}
-
-/// The exact bit length of a big-endian unsigned integer, as OpenSSH counts
-/// it (`BN_num_bits`), not rounded up to whole bytes.
-fn modulus_bits(bytes: &[u8]) -> u32 {
-    let start = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
-    let Some((first, rest)) = bytes[start..].split_first() else {
-        return 0;
-    };
-    let bits = (rest.len() as u64) * 8 + u64::from(8 - first.leading_zeros());
-    u32::try_from(bits).unwrap_or(u32::MAX)
 }
 
 /// Reads and parses an enrolment file. Files over [`MAX_KEY_FILE_BYTES`] are
@@ -399,33 +323,9 @@ fn inner_type(blob: &[u8]) -> Option<String> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-
-    /// An SSH `string`: a 32-bit big-endian length, then the bytes.
-    fn ssh_string(bytes: &[u8]) -> Vec<u8> {
-        let mut out = (bytes.len() as u32).to_be_bytes().to_vec();
-        out.extend_from_slice(bytes);
-        out
-    }
-
-    /// An `sk-ssh-ed25519@openssh.com` key line (PROTOCOL.u2f) built around
-    /// the Ed25519 fixture's public key; no hardware token needed.
-    pub(crate) fn sk_ed25519_line() -> String {
-        let plain = std::fs::read_to_string(fixture("ed25519.pub")).expect("read");
-        let blob = BASE64
-            .decode(plain.split(' ').nth(1).expect("b64"))
-            .expect("b64");
-        let point = &blob[blob.len() - 32..];
-        let mut sk = ssh_string(b"sk-ssh-ed25519@openssh.com");
-        sk.extend(ssh_string(point));
-        sk.extend(ssh_string(b"ssh:"));
-        format!("sk-ssh-ed25519@openssh.com {} token", BASE64.encode(sk))
-    }
-
-    fn fixture(name: &str) -> std::path::PathBuf {
-        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/keys")).join(name)
-    }
+    use crate::ca::testutil::{fixture, sk_ed25519_line, ssh_keygen, ssh_string};
 
     fn refusal(name: &str) -> (SubjectKeyError, String) {
         let err = read_subject_key(&fixture(name)).expect_err(name);
@@ -653,11 +553,11 @@ pub(crate) mod tests {
         // A P-256 key from ssh-keygen, and the same point as a FIDO key.
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("p256");
-        let status = std::process::Command::new("/usr/bin/ssh-keygen")
+        let status = ssh_keygen()
             .args(["-q", "-t", "ecdsa", "-b", "256", "-N", "", "-f"])
             .arg(&path)
             .status()
-            .expect("ssh-keygen missing: install openssh-client");
+            .expect("run ssh-keygen");
         assert!(status.success());
         let p256 = read_subject_key(&path.with_extension("pub")).expect("p256");
         assert_eq!(p256.algorithm(), "ecdsa-sha2-nistp256");
@@ -673,14 +573,5 @@ pub(crate) mod tests {
         let key = parse_subject_key("sk.pub", line.as_bytes()).expect("sk-ecdsa");
         assert_eq!(key.algorithm(), "sk-ecdsa-sha2-nistp256@openssh.com");
         assert_eq!(key.comment, "");
-    }
-
-    #[test]
-    fn modulus_bits_counts_exact_bits() {
-        assert_eq!(modulus_bits(&[]), 0);
-        assert_eq!(modulus_bits(&[0, 0]), 0);
-        assert_eq!(modulus_bits(&[1]), 1);
-        assert_eq!(modulus_bits(&[0x80, 0]), 16);
-        assert_eq!(modulus_bits(&[0, 0x7f, 0xff]), 15);
     }
 }
