@@ -1,0 +1,149 @@
+//! A running `jitca serve` on a free loopback port, and the real `ssh`
+//! client pointed at it as a requester would use it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use super::{Env, SSH, describe, free_port, run, wait_for_ssh_banner};
+
+/// How long `jitca serve` may take to accept its first connection.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long one `ssh` run may take before it is killed.
+pub const SSH_TIMEOUT: Duration = Duration::from_secs(60);
+
+static DAEMONS: AtomicUsize = AtomicUsize::new(0);
+
+/// `jitca serve --listen 127.0.0.1:PORT`, killed on drop. Its stderr goes
+/// to a log file, printed when the test fails.
+pub struct Daemon {
+    child: Child,
+    pub port: u16,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts the daemon on the environment and waits until it sends an SSH
+    /// banner; fails the test with the daemon's log if it does not.
+    pub fn start(env: &Env) -> Daemon {
+        let n = DAEMONS.fetch_add(1, Ordering::Relaxed);
+        let log = env.path(&format!("jitca-serve-{n}.log"));
+        let log_file = std::fs::File::create(&log)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let child = env
+            .jitca_command()
+            .args(["serve", "--listen", &listen])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start jitca serve: {e}"));
+        let mut daemon = Daemon { child, port, log };
+
+        let addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
+        let child = &mut daemon.child;
+        let waited = wait_for_ssh_banner(addr, START_TIMEOUT, || {
+            child.try_wait().ok().flatten().map(|s| s.to_string())
+        });
+        if let Err(e) = waited {
+            panic!("jitca serve did not come up: {e}\n{}", daemon.log_text());
+        }
+        daemon
+    }
+
+    /// The daemon's stderr so far.
+    pub fn log_text(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        format!("--- jitca serve log {} ---\n{text}", self.log.display())
+    }
+
+    /// Fails the test unless `out` is an issued certificate (exit 0, one
+    /// certificate line on stdout); returns that line.
+    pub fn expect_cert(&self, out: &Output) -> String {
+        let text = super::stdout(out);
+        let line = text.trim_end_matches(['\r', '\n']);
+        assert!(
+            out.status.success() && !line.contains('\n') && line.contains("-cert-v01@openssh.com "),
+            "expected a certificate line\n{}{}",
+            describe(out),
+            self.log_text()
+        );
+        line.to_string()
+    }
+
+    /// Fails the test unless `out` exited with `code` and printed nothing on
+    /// stdout (so no certificate left the CA); returns stderr.
+    pub fn expect_refusal(&self, out: &Output, code: i32) -> String {
+        assert!(
+            out.status.code() == Some(code) && out.stdout.is_empty(),
+            "expected exit {code} with empty stdout\n{}{}",
+            describe(out),
+            self.log_text()
+        );
+        super::stderr(out)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("{}", self.log_text());
+        }
+    }
+}
+
+/// Runs `ssh ... 127.0.0.1 COMMAND` against the daemon with KEY (the private
+/// key file), as a requester does. Login name `requester` (ignored by jitca).
+pub fn ssh_ca(daemon: &Daemon, key: &Path, command: &str) -> Output {
+    ssh_ca_command(daemon, key, None, command)
+}
+
+/// Like [`ssh_ca`], with the client bound to SOURCE (e.g. `127.0.0.2`; all of
+/// 127/8 is loopback on Linux).
+pub fn ssh_ca_from(daemon: &Daemon, source: &str, key: &Path, command: &str) -> Output {
+    ssh_ca_command(daemon, key, Some(source), command)
+}
+
+fn ssh_ca_command(daemon: &Daemon, key: &Path, source: Option<&str>, command: &str) -> Output {
+    let mut cmd = Command::new(SSH);
+    cmd.arg("-i").arg(key);
+    cmd.args(client_options());
+    if let Some(source) = source {
+        cmd.args(["-b", source]);
+    }
+    cmd.args([
+        "-p",
+        &daemon.port.to_string(),
+        "-l",
+        "requester",
+        "127.0.0.1",
+    ])
+    .arg(command);
+    run(&mut cmd, SSH_TIMEOUT)
+}
+
+/// The options every test `ssh` run uses: only the given key, no prompts, no
+/// known-hosts state, errors only, bounded connect.
+pub fn client_options() -> [&'static str; 12] {
+    [
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "ConnectTimeout=10",
+    ]
+}
