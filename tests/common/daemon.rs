@@ -7,7 +7,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use super::{Env, SSH, describe, free_port, run, wait_for_ssh_banner};
+use super::cert::CertInfo;
+use super::net::{free_port, wait_for_ssh_banner};
+use super::{Env, SSH, describe, run};
 
 /// How long `jitca serve` may take to accept its first connection.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -16,6 +18,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 pub const SSH_TIMEOUT: Duration = Duration::from_secs(60);
 
 static DAEMONS: AtomicUsize = AtomicUsize::new(0);
+static CERTS: AtomicUsize = AtomicUsize::new(0);
 
 /// `jitca serve --listen 127.0.0.1:PORT`, killed on drop. Its stderr goes
 /// to a log file, printed when the test fails.
@@ -76,6 +79,18 @@ impl Daemon {
         line.to_string()
     }
 
+    /// Sends COMMAND (a `request ...`) with KEY, fails unless a certificate
+    /// comes back, writes it to a fresh file in the environment and reads it
+    /// with `ssh-keygen -L`.
+    pub fn request_cert(&self, env: &Env, key: &Path, command: &str) -> (PathBuf, CertInfo) {
+        let out = ssh_ca(self, key, command);
+        let line = self.expect_cert(&out);
+        let n = CERTS.fetch_add(1, Ordering::Relaxed);
+        let path = env.write(&format!("issued-{n}-cert.pub"), format!("{line}\n"));
+        let info = CertInfo::read(&path);
+        (path, info)
+    }
+
     /// Fails the test unless `out` exited with `code` and printed nothing on
     /// stdout (so no certificate left the CA); returns stderr.
     pub fn expect_refusal(&self, out: &Output, code: i32) -> String {
@@ -129,10 +144,13 @@ fn ssh_ca_command(daemon: &Daemon, key: &Path, source: Option<&str>, command: &s
     run(&mut cmd, SSH_TIMEOUT)
 }
 
-/// The options every test `ssh` run uses: only the given key, no prompts, no
-/// known-hosts state, errors only, bounded connect.
-pub fn client_options() -> [&'static str; 12] {
+/// The options every test `ssh` run uses: no user or system config, only
+/// the given key, no prompts, no known-hosts state, errors only, bounded
+/// connect.
+pub fn client_options() -> [&'static str; 14] {
     [
+        "-F",
+        "/dev/null",
         "-o",
         "IdentitiesOnly=yes",
         "-o",

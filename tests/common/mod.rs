@@ -12,6 +12,7 @@
 
 pub mod cert;
 pub mod daemon;
+pub mod net;
 pub mod sshd;
 
 use std::fmt::Write as _;
@@ -201,6 +202,26 @@ pub fn assert_exit(out: &Output, code: i32, what: &str) {
         "{what}: expected exit {code}\n{}",
         describe(out)
     );
+}
+
+/// The lines of a denial that report failed rules (`denied: ...`).
+pub fn denied_lines(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("denied:"))
+        .collect()
+}
+
+/// True if TEXT names `audit record N` (and not, say, `audit record N0`).
+pub fn names_audit_record(text: &str, seq: i64) -> bool {
+    let needle = format!("audit record {seq}");
+    text.match_indices(&needle).any(|(i, _)| {
+        !text[i + needle.len()..]
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_digit())
+    })
 }
 
 /// Key types the tests generate with `ssh-keygen`.
@@ -500,62 +521,4 @@ pub fn standard_env() -> (Env, KeyPair) {
     env.enrol("alice", &["ops"], "alice-laptop", &key);
     env.set_posture("alice-laptop", GOOD_POSTURE);
     (env, key)
-}
-
-/// A free TCP port on 127.0.0.1 (bound, read, released).
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap_or_else(|e| panic!("cannot bind 127.0.0.1:0: {e}"));
-    listener
-        .local_addr()
-        .unwrap_or_else(|e| panic!("no local address: {e}"))
-        .port()
-}
-
-/// Waits until `addr` accepts a TCP connection and sends an SSH banner,
-/// failing early if `exited()` reports the server gone. Returns the banner.
-pub fn wait_for_ssh_banner(
-    addr: std::net::SocketAddr,
-    timeout: Duration,
-    mut exited: impl FnMut() -> Option<String>,
-) -> Result<String, String> {
-    let deadline = Instant::now() + timeout;
-    let mut last_error = String::from("not tried");
-    while Instant::now() < deadline {
-        if let Some(status) = exited() {
-            return Err(format!("server exited before accepting: {status}"));
-        }
-        match try_banner(addr) {
-            Ok(banner) => return Ok(banner),
-            Err(e) => last_error = e,
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Err(format!(
-        "no SSH banner on {addr} within {timeout:?} (last: {last_error})"
-    ))
-}
-
-fn try_banner(addr: std::net::SocketAddr) -> Result<String, String> {
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))
-        .map_err(|e| format!("connect: {e}"))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .map_err(|e| format!("set timeout: {e}"))?;
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while buf.len() < 255 {
-        match stream.read(&mut byte) {
-            Ok(0) => break,
-            Ok(_) if byte[0] == b'\n' => break,
-            Ok(_) => buf.push(byte[0]),
-            Err(e) => return Err(format!("read: {e}")),
-        }
-    }
-    let banner = String::from_utf8_lossy(&buf).trim_end().to_string();
-    if banner.starts_with("SSH-2.0-") {
-        Ok(banner)
-    } else {
-        Err(format!("unexpected banner {banner:?}"))
-    }
 }

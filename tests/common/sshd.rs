@@ -10,10 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use super::daemon::{SSH_TIMEOUT, client_options};
-use super::{
-    COMMAND_TIMEOUT, Env, SSH, SSH_KEYGEN, SSHD, assert_success, free_port, run,
-    wait_for_ssh_banner,
-};
+use super::net::{free_port, wait_for_ssh_banner};
+use super::{COMMAND_TIMEOUT, Env, SSH, SSH_KEYGEN, SSHD, assert_success, run};
 
 /// How long `sshd` may take to accept its first connection.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
