@@ -38,7 +38,11 @@ fn issued_cert_carries_the_role_principals_validity_extensions_and_key_id() {
         cert.cert_type,
         "ssh-ed25519-cert-v01@openssh.com user certificate"
     );
-    assert_eq!(cert.principals, [current_user(), "ops-extra"]);
+    let mut principals = cert.principals.clone();
+    principals.sort();
+    let mut wanted = vec![current_user().to_string(), "ops-extra".to_string()];
+    wanted.sort();
+    assert_eq!(principals, wanted, "principals must be exactly the role's");
     assert!(
         (before - BACKDATE - SLACK..=after - BACKDATE + SLACK).contains(&cert.valid_from),
         "valid from {} is not now - 2m (requested between {before} and {after})",
@@ -92,8 +96,7 @@ fn issued_cert_logs_in_to_sshd_as_a_listed_principal() {
     assert!(
         sshd.log()
             .contains(&format!("ID {} (serial {})", cert.key_id, cert.serial)),
-        "sshd did not log the key id and serial\n{}",
-        sshd.log_text()
+        "sshd did not log the key id and serial"
     );
 }
 

@@ -29,6 +29,11 @@ const TTL_LINE: usize = 8;
 /// Line of `{extra}` in [`TEMPLATE`].
 const EXTRA_LINE: usize = 9;
 
+/// Stdout and stderr together: where a message goes is not under test here.
+fn output(out: &std::process::Output) -> String {
+    format!("{}{}", stdout(out), stderr(out))
+}
+
 fn policy(principals: &str, ttl: &str, extra: &str) -> String {
     TEMPLATE
         .replace("{principals}", principals)
@@ -43,7 +48,7 @@ fn assert_policy_error(text: &str, line: usize, mentions: &[&str]) {
     let file = env.write("bad.toml", text);
     let out = env.jitca(&["policy", "check", &file.to_string_lossy()]);
     assert_exit(&out, 1, "policy check of a bad file");
-    let all = format!("{}{}", stdout(&out), stderr(&out));
+    let all = output(&out);
     let at = format!("bad.toml:{line}:");
     assert!(
         all.contains(&at),
@@ -86,7 +91,7 @@ fn policy_check_without_a_file_checks_the_configured_policy() {
     let out = env.jitca(&["policy", "check"]);
     assert_exit(&out, 1, "policy check of the configured bad policy");
     assert!(
-        stderr(&out).contains(&format!("policy.toml:{PRINCIPALS_LINE}:")),
+        output(&out).contains(&format!("policy.toml:{PRINCIPALS_LINE}:")),
         "{}",
         describe(&out)
     );
@@ -140,7 +145,7 @@ fn daemon_refuses_to_start_on_an_invalid_policy() {
     );
     assert_exit(&out, 1, "jitca serve with an invalid policy");
     assert!(
-        stderr(&out).contains(&format!("policy.toml:{PRINCIPALS_LINE}:")),
+        output(&out).contains(&format!("policy.toml:{PRINCIPALS_LINE}:")),
         "{}",
         describe(&out)
     );

@@ -96,10 +96,8 @@ impl Sshd {
             child.try_wait().ok().flatten().map(|s| s.to_string())
         });
         if let Err(e) = waited {
-            panic!(
-                "sshd did not come up: {e}\nconfig:\n{config}\n{}",
-                sshd.log_text()
-            );
+            // Dropping `sshd` while panicking prints its log.
+            panic!("sshd did not come up: {e}\nconfig:\n{config}");
         }
         sshd
     }
@@ -161,9 +159,8 @@ impl Sshd {
     pub fn expect_login(&self, out: &Output, expected: &str) {
         assert!(
             out.status.success() && super::stdout(out).trim() == expected,
-            "expected a login printing {expected:?}\n{}{}",
-            super::describe(out),
-            self.log_text()
+            "expected a login printing {expected:?}\n{}",
+            super::describe(out)
         );
     }
 
@@ -173,9 +170,8 @@ impl Sshd {
         let log = self.log();
         assert!(
             out.status.code() == Some(255) && out.stdout.is_empty() && log.contains(log_says),
-            "expected sshd to refuse the login with {log_says:?} in its log\n{}{}",
-            super::describe(out),
-            self.log_text()
+            "expected sshd to refuse the login with {log_says:?} in its log\n{}",
+            super::describe(out)
         );
     }
 }
