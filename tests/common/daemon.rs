@@ -1,18 +1,14 @@
 //! A running `jitca serve` on a free loopback port, and the real `ssh`
 //! client pointed at it as a requester would use it.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use super::cert::CertInfo;
-use super::net::{free_port, wait_for_ssh_banner};
+use super::net::{Server, free_port};
 use super::{Env, SSH, describe, run};
-
-/// How long `jitca serve` may take to accept its first connection.
-const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How long one `ssh` run may take before it is killed.
 pub const SSH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -23,9 +19,8 @@ static CERTS: AtomicUsize = AtomicUsize::new(0);
 /// `jitca serve --listen 127.0.0.1:PORT`, killed on drop. Its stderr goes
 /// to a log file, printed when the test fails.
 pub struct Daemon {
-    child: Child,
+    server: Server,
     pub port: u16,
-    log: PathBuf,
 }
 
 impl Daemon {
@@ -34,36 +29,17 @@ impl Daemon {
     pub fn start(env: &Env) -> Daemon {
         let n = DAEMONS.fetch_add(1, Ordering::Relaxed);
         let log = env.path(&format!("jitca-serve-{n}.log"));
-        let log_file = std::fs::File::create(&log)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
-        let child = env
-            .jitca_command()
-            .args(["serve", "--listen", &listen])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start jitca serve: {e}"));
-        let mut daemon = Daemon { child, port, log };
-
-        let addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
-        let child = &mut daemon.child;
-        let waited = wait_for_ssh_banner(addr, START_TIMEOUT, || {
-            child.try_wait().ok().flatten().map(|s| s.to_string())
-        });
-        if let Err(e) = waited {
-            // Dropping `daemon` while panicking prints its log.
-            panic!("jitca serve did not come up: {e}");
-        }
-        daemon
+        let mut cmd = env.jitca_command();
+        cmd.args(["serve", "--listen", &listen]);
+        let server = Server::start("jitca serve", &mut cmd, port, log, "");
+        Daemon { server, port }
     }
 
-    /// The daemon's stderr so far.
+    /// The daemon's stderr so far, with a heading.
     pub fn log_text(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        format!("--- jitca serve log {} ---\n{text}", self.log.display())
+        self.server.log_text()
     }
 
     /// Fails the test unless `out` is an issued certificate (exit 0, one
@@ -100,16 +76,6 @@ impl Daemon {
             describe(out)
         );
         super::stderr(out)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("{}", self.log_text());
-        }
     }
 }
 

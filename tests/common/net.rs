@@ -1,8 +1,11 @@
 //! Loopback plumbing shared by the daemon and `sshd` harnesses: free ports
-//! and waiting for a server's SSH banner.
+//! waiting for a server's SSH banner, and the server process itself.
 
+use std::fs::File;
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A free TCP port on 127.0.0.1 (bound, read, released).
@@ -60,5 +63,75 @@ fn try_banner(addr: SocketAddr) -> Result<String, String> {
         Ok(banner)
     } else {
         Err(format!("unexpected banner {banner:?}"))
+    }
+}
+
+/// How long a server may take to accept its first connection.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A server child process on 127.0.0.1:PORT with its stderr in a log file;
+/// killed on drop, and its log printed then if the test is failing.
+pub struct Server {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Spawns CMD with stderr to LOG and waits until PORT sends an SSH
+    /// banner; fails the test (printing the log) if it does not. `context`
+    /// is added to the failure message.
+    pub fn start(
+        name: &'static str,
+        cmd: &mut Command,
+        port: u16,
+        log: PathBuf,
+        context: &str,
+    ) -> Server {
+        let log_file =
+            File::create(&log).unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let mut server = Server { name, child, log };
+
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let child = &mut server.child;
+        let waited = wait_for_ssh_banner(addr, START_TIMEOUT, || {
+            child.try_wait().ok().flatten().map(|s| s.to_string())
+        });
+        if let Err(e) = waited {
+            // Dropping `server` while panicking prints its log.
+            panic!("{name} did not come up: {e}\n{context}");
+        }
+        server
+    }
+
+    /// The server's stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The log with a heading naming the server and the file.
+    pub fn log_text(&self) -> String {
+        format!(
+            "--- {} log {} ---\n{}",
+            self.name,
+            self.log.display(),
+            self.log()
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("{}", self.log_text());
+        }
     }
 }

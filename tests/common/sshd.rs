@@ -2,28 +2,22 @@
 //! shared/TESTING.md describes: absolute paths everywhere, its own host key,
 //! certificates as the only way in.
 
-use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use super::daemon::{SSH_TIMEOUT, client_options};
-use super::net::{free_port, wait_for_ssh_banner};
+use super::net::{Server, free_port};
 use super::{COMMAND_TIMEOUT, Env, SSH, SSH_KEYGEN, SSHD, assert_success, run};
-
-/// How long `sshd` may take to accept its first connection.
-const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 static SERVERS: AtomicUsize = AtomicUsize::new(0);
 
 /// A running `sshd -D -e`, killed on drop; its log is printed when the test
 /// fails.
 pub struct Sshd {
-    child: Child,
+    server: Server,
     pub port: u16,
-    log: PathBuf,
 }
 
 impl Sshd {
@@ -75,41 +69,21 @@ impl Sshd {
         std::fs::write(&config_path, &config)
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", config_path.display()));
 
-        let log = dir.join("sshd.log");
-        let log_file = std::fs::File::create(&log)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
-        let child = Command::new(SSHD)
-            .arg("-D")
-            .arg("-e")
-            .arg("-f")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {SSHD}: {e}"));
-        let mut sshd = Sshd { child, port, log };
-
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let child = &mut sshd.child;
-        let waited = wait_for_ssh_banner(addr, START_TIMEOUT, || {
-            child.try_wait().ok().flatten().map(|s| s.to_string())
-        });
-        if let Err(e) = waited {
-            // Dropping `sshd` while panicking prints its log.
-            panic!("sshd did not come up: {e}\nconfig:\n{config}");
-        }
-        sshd
+        let mut cmd = Command::new(SSHD);
+        cmd.arg("-D").arg("-e").arg("-f").arg(&config_path);
+        let context = format!("config:\n{config}");
+        let server = Server::start("sshd", &mut cmd, port, dir.join("sshd.log"), &context);
+        Sshd { server, port }
     }
 
     /// `sshd`'s log so far, raw.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.server.log()
     }
 
     /// `sshd`'s log with a heading, for failure messages.
     pub fn log_text(&self) -> String {
-        format!("--- sshd log {} ---\n{}", self.log.display(), self.log())
+        self.server.log_text()
     }
 
     /// Logs in as USER with KEY and CERT and runs COMMAND.
@@ -173,16 +147,6 @@ impl Sshd {
             "expected sshd to refuse the login with {log_says:?} in its log\n{}",
             super::describe(out)
         );
-    }
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("{}", self.log_text());
-        }
     }
 }
 
