@@ -1,0 +1,104 @@
+//! The audit log: every decision recorded, and the hash chain that
+//! `jitca audit verify` walks, which must notice a record changed or removed
+//! behind its back.
+
+mod common;
+
+use common::daemon::{Daemon, ssh_ca};
+use common::{Env, KeyPair, assert_exit, describe, names_audit_record, standard_env, stdout};
+
+/// An environment whose audit log holds inventory changes, one issued and
+/// one denied request (the daemon is stopped again, so the database is
+/// quiet). Returns the seq of the `issued` record.
+fn env_with_history() -> (Env, KeyPair, i64) {
+    let (env, key) = standard_env();
+    {
+        let daemon = Daemon::start(&env);
+        daemon.expect_cert(&ssh_ca(
+            &daemon,
+            &key.private,
+            "request shell --reason INC-7",
+        ));
+        daemon.expect_refusal(&ssh_ca(&daemon, &key.private, "request shell --ttl 9h"), 3);
+    }
+    let issued = env.db_query_i64("SELECT min(seq) FROM audit WHERE kind = 'issued'");
+    (env, key, issued)
+}
+
+#[test]
+fn issued_and_denied_requests_are_audited() {
+    let (env, _, _) = env_with_history();
+    let records = env.audit_records();
+    for kind in ["issued", "denied"] {
+        assert!(
+            records.iter().any(|r| {
+                r.get("kind").and_then(|k| k.as_str()) == Some(kind)
+                    && r.to_string().contains("alice-laptop")
+                    && r.to_string().contains("shell")
+            }),
+            "no {kind} record for alice-laptop and role shell in {records:#?}"
+        );
+    }
+}
+
+#[test]
+fn audit_verify_passes_after_a_run_counting_every_record() {
+    let (env, _, _) = env_with_history();
+    let count = env.db_query_i64("SELECT count(*) FROM audit");
+    assert!(count >= 4, "only {count} audit records after a run");
+
+    let out = env.jitca_ok(&["audit", "verify"]);
+    assert!(
+        out.contains(&format!("audit chain ok: {count} records")),
+        "unexpected audit verify output:\n{out}"
+    );
+}
+
+#[test]
+fn audit_verify_names_the_record_whose_body_was_changed() {
+    let (env, _, issued) = env_with_history();
+    let last = env.db_query_i64("SELECT max(seq) FROM audit");
+    assert!(
+        issued < last,
+        "the issued record should not be the last one"
+    );
+
+    let changed = env.db_execute(
+        "UPDATE audit SET body = replace(body, 'alice', 'mallory') WHERE seq = ?1",
+        [issued],
+    );
+    assert_eq!(changed, 1);
+    let tampered = env.db_query_i64(&format!(
+        "SELECT instr(body, 'mallory') > 0 FROM audit WHERE seq = {issued}"
+    ));
+    assert_eq!(tampered, 1, "the issued record's body does not name alice");
+    let out = env.jitca_exit(&["audit", "verify"], 1);
+    let text = format!("{}{}", stdout(&out), common::stderr(&out));
+    assert!(
+        names_audit_record(&text, issued),
+        "audit verify does not name audit record {issued}\n{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn audit_verify_fails_when_a_record_is_deleted() {
+    let (env, _, issued) = env_with_history();
+    let removed = env.db_execute("DELETE FROM audit WHERE seq = ?1", [issued]);
+    assert_eq!(removed, 1);
+
+    let out = env.jitca(&["audit", "verify"]);
+    assert_exit(&out, 1, "audit verify after a deletion");
+    let text = format!("{}{}", stdout(&out), common::stderr(&out));
+    assert!(text.contains("audit record"), "{}", describe(&out));
+}
+
+#[test]
+fn audit_show_prints_the_issued_record() {
+    let (env, _, issued) = env_with_history();
+    let out = env.jitca_ok(&["audit", "show", &issued.to_string()]);
+    assert!(
+        out.contains("issued") && out.contains("alice-laptop"),
+        "audit show {issued}:\n{out}"
+    );
+}
