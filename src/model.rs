@@ -35,7 +35,8 @@ impl AttrValue {
             _ => {}
         }
         if let Ok(n) = raw.parse::<i64>() {
-            if !raw.starts_with('+') && !(raw.len() > 1 && raw.starts_with('0')) {
+            let leading_zero = raw.len() > 1 && raw.starts_with('0');
+            if !raw.starts_with('+') && !leading_zero {
                 return AttrValue::Int(n);
             }
         }

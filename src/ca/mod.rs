@@ -6,11 +6,8 @@
 //! - [`keys`]: CA keys, generated without ever overwriting and loaded only
 //!   with safe permissions; [`host_key`]: the daemon's own host key;
 //! - [`options`]: principals, critical options and extensions;
-//! - [`cert`]: the builder that signs user certificates.
-
-// The callers of this API (cli, server) are written in parallel and not
-// wired in yet, so much of it is unused in the binary for now.
-#![allow(dead_code)]
+//! - [`cert`]: the builder that signs user certificates;
+//! - [`registry`]: the CA keys the database knows, and the one that signs.
 
 pub mod algorithm;
 pub mod cert;
@@ -18,6 +15,7 @@ mod files;
 pub mod host_key;
 pub mod keys;
 pub mod options;
+pub mod registry;
 pub mod subject;
 #[cfg(test)]
 mod testutil;

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Subcommand;
 
 use super::{Paths, open_db};
-use crate::ca::keys::load_or_create_host_key;
+use crate::ca::host_key::load_or_create_host_key;
 use crate::ca::registry;
 use crate::model::now_unix;
 use crate::policy::Policy;
