@@ -13,8 +13,9 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Serialize;
 
+use super::compare::{Verdict, type_name};
 use super::duration;
-use super::requirement::{Requirement, Subject, Verdict, type_name};
+use super::requirement::{Requirement, Subject};
 use super::{Approval, Policy, PostureProfile, RequestParams, Role, SourceAddress};
 use crate::model::{AttrValue, PostureAttr, Snapshot, Status};
 

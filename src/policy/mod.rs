@@ -16,6 +16,7 @@
 // until they are wired in, parts of it are reached only from the tests.
 #![allow(dead_code)]
 
+mod compare;
 mod duration;
 mod evaluate;
 mod fields;

@@ -8,10 +8,9 @@
 //! or after `in` a non-empty list `[v, v, ...]`. Whitespace may surround
 //! every token.
 
-use std::cmp::Ordering;
 use std::fmt;
 
-use crate::model::AttrValue;
+use super::compare::is_dotted;
 
 /// Whose attribute a requirement reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,16 +51,6 @@ pub struct Requirement {
     pub attr: String,
     pub op: Op,
     pub value: Literal,
-}
-
-/// The outcome of checking a present attribute.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    Pass,
-    Fail,
-    /// The attribute's type cannot be compared this way with the literal
-    /// (e.g. ordering booleans, or text against a number); the rule fails.
-    CannotCompare,
 }
 
 /// Why a requirement string does not parse; `column` is 1-based, in characters.
@@ -116,128 +105,6 @@ impl Requirement {
             op,
             value,
         })
-    }
-
-    /// Checks a present attribute value against this requirement.
-    ///
-    /// Operands are compared in this order of precedence:
-    /// - both made of digits and dots (a text like `"14.10"`, a non-negative
-    ///   number, or a version literal): as dotted versions, part by part as
-    ///   integers, missing parts counting as 0 (`14.10 > 14.9`, `14 < 14.5`,
-    ///   `14.5 == 14.5.0`);
-    /// - both numbers: numerically (`3 == 3.0`);
-    /// - text and a string literal: bytewise;
-    /// - two booleans: `==` and `!=` only.
-    ///
-    /// Any other pairing, including `!=` across types, is
-    /// [`Verdict::CannotCompare`]: a value of the wrong type never passes.
-    /// `in` passes when the value equals any element of the list.
-    pub fn check(&self, value: &AttrValue) -> Verdict {
-        let is_bool = matches!(value, AttrValue::Bool(_));
-        match (&self.op, &self.value) {
-            (Op::In, Literal::List(items)) => {
-                let found: Vec<Option<Ordering>> =
-                    items.iter().map(|item| compare(value, item)).collect();
-                if found.contains(&Some(Ordering::Equal)) {
-                    Verdict::Pass
-                } else if found.iter().all(Option::is_none) {
-                    Verdict::CannotCompare
-                } else {
-                    Verdict::Fail
-                }
-            }
-            (Op::In, _) => Verdict::CannotCompare,
-            (op, literal) => {
-                let ordering = matches!(op, Op::Ge | Op::Gt | Op::Le | Op::Lt);
-                let Some(cmp) = compare(value, literal).filter(|_| !(ordering && is_bool)) else {
-                    return Verdict::CannotCompare;
-                };
-                let pass = match op {
-                    Op::Eq => cmp.is_eq(),
-                    Op::Ne => cmp.is_ne(),
-                    Op::Ge => cmp.is_ge(),
-                    Op::Gt => cmp.is_gt(),
-                    Op::Le => cmp.is_le(),
-                    Op::Lt => cmp.is_lt(),
-                    Op::In => false,
-                };
-                if pass { Verdict::Pass } else { Verdict::Fail }
-            }
-        }
-    }
-}
-
-/// Orders an attribute value against a scalar literal, `None` when the two
-/// cannot be compared (see [`Requirement::check`]).
-fn compare(value: &AttrValue, literal: &Literal) -> Option<Ordering> {
-    if let (Some(a), Some(b)) = (dotted_value(value), dotted_literal(literal)) {
-        return Some(version_cmp(&a, &b));
-    }
-    match (value, literal) {
-        (AttrValue::Int(a), Literal::Int(b)) => Some(a.cmp(b)),
-        (AttrValue::Int(a), Literal::Float(b)) => (*a as f64).partial_cmp(b),
-        (AttrValue::Float(a), Literal::Int(b)) => a.partial_cmp(&(*b as f64)),
-        (AttrValue::Float(a), Literal::Float(b)) => a.partial_cmp(b),
-        (AttrValue::Text(a), Literal::Text(b)) => Some(a.as_bytes().cmp(b.as_bytes())),
-        (AttrValue::Bool(a), Literal::Bool(b)) => Some(a.cmp(b)),
-        _ => None,
-    }
-}
-
-fn is_dotted(s: &str) -> bool {
-    !s.is_empty()
-        && s.split('.')
-            .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
-}
-
-fn dotted_number(text: String) -> Option<String> {
-    is_dotted(&text).then_some(text)
-}
-
-fn dotted_value(value: &AttrValue) -> Option<String> {
-    match value {
-        AttrValue::Text(s) => dotted_number(s.clone()),
-        AttrValue::Int(i) => dotted_number(i.to_string()),
-        AttrValue::Float(f) if f.is_finite() => dotted_number(f.to_string()),
-        _ => None,
-    }
-}
-
-fn dotted_literal(literal: &Literal) -> Option<String> {
-    match literal {
-        Literal::Version(s) | Literal::Text(s) => dotted_number(s.clone()),
-        Literal::Int(i) => dotted_number(i.to_string()),
-        Literal::Float(f) if f.is_finite() => dotted_number(f.to_string()),
-        _ => None,
-    }
-}
-
-/// Compares two dotted versions part by part as integers of any length.
-fn version_cmp(a: &str, b: &str) -> Ordering {
-    let mut left = a.split('.');
-    let mut right = b.split('.');
-    loop {
-        match (left.next(), right.next()) {
-            (None, None) => return Ordering::Equal,
-            (l, r) => {
-                let l = l.unwrap_or("0").trim_start_matches('0');
-                let r = r.unwrap_or("0").trim_start_matches('0');
-                let ord = l.len().cmp(&r.len()).then_with(|| l.cmp(r));
-                if ord.is_ne() {
-                    return ord;
-                }
-            }
-        }
-    }
-}
-
-/// A short name for a value's type, for "cannot compare" notes.
-pub fn type_name(value: &AttrValue) -> &'static str {
-    match value {
-        AttrValue::Bool(_) => "a boolean",
-        AttrValue::Int(_) => "an integer",
-        AttrValue::Float(_) => "a float",
-        AttrValue::Text(_) => "text",
     }
 }
 
@@ -419,15 +286,40 @@ impl Parser {
                 .map(Literal::Int)
                 .map_err(|_| self.error_at(start, "the integer is out of range"));
         }
-        let numeric = unsigned.starts_with(|c: char| c.is_ascii_digit())
-            && word
-                .bytes()
-                .all(|b| b.is_ascii_digit() || matches!(b, b'+' | b'-' | b'.' | b'e' | b'E'));
         match word.parse::<f64>() {
-            Ok(f) if numeric && f.is_finite() => Ok(Literal::Float(f)),
+            Ok(f) if is_float(unsigned) && f.is_finite() => Ok(Literal::Float(f)),
             _ => Err(self.error_at(start, VALUE_HINT)),
         }
     }
+}
+
+/// True if and only if `s` (without its sign) is a TOML float: digits, then
+/// `.digits`, an exponent `e[+-]digits`, or both.
+fn is_float(s: &str) -> bool {
+    fn digits(s: &str) -> usize {
+        s.bytes().take_while(u8::is_ascii_digit).count()
+    }
+    let int = digits(s);
+    let mut rest = &s[int..];
+    let mut shaped = false;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let n = digits(frac);
+        if n == 0 {
+            return false;
+        }
+        rest = &frac[n..];
+        shaped = true;
+    }
+    if let Some(exp) = rest.strip_prefix(['e', 'E']) {
+        let exp = exp.strip_prefix(['+', '-']).unwrap_or(exp);
+        let n = digits(exp);
+        if n == 0 {
+            return false;
+        }
+        rest = &exp[n..];
+        shaped = true;
+    }
+    int > 0 && shaped && rest.is_empty()
 }
 
 impl fmt::Display for Literal {
@@ -462,5 +354,152 @@ impl fmt::Display for Requirement {
             Op::In => "in",
         };
         write!(f, "{subject}.{} {op} {}", self.attr, self.value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::AttrValue;
+
+    fn req(text: &str) -> Requirement {
+        match Requirement::parse(text) {
+            Ok(r) => r,
+            Err(e) => panic!("{text:?}: {e}"),
+        }
+    }
+
+    #[test]
+    fn parses_each_value_form_with_any_spacing() {
+        let r = req("  device.os_version>=14.10.2 ");
+        assert_eq!(
+            (r.subject, r.attr.as_str(), r.op),
+            (Subject::Device, "os_version", Op::Ge)
+        );
+        assert_eq!(r.value, Literal::Version("14.10.2".into()));
+        assert_eq!(req("user.x == true").value, Literal::Bool(true));
+        assert_eq!(req("user.x==-3").value, Literal::Int(-3));
+        assert_eq!(req("user.x == 2e3").value, Literal::Float(2000.0));
+        assert_eq!(req("user.x == -1.5").value, Literal::Float(-1.5));
+        assert_eq!(req("user.x == 'a\\b'").value, Literal::Text("a\\b".into()));
+        assert_eq!(
+            req(r#"user.x == "a\"\u00e9""#).value,
+            Literal::Text("a\"é".into())
+        );
+        assert_eq!(req("device.a.b-c_d != 1").attr, "a.b-c_d");
+        let list = req(r#"device.os_family in [ "macos" ,"linux", ]"#);
+        assert_eq!(
+            list.value,
+            Literal::List(vec![
+                Literal::Text("macos".into()),
+                Literal::Text("linux".into())
+            ])
+        );
+    }
+
+    #[test]
+    fn displays_in_normal_form() {
+        assert_eq!(
+            req(r#"device.os_family in ["macos","linux"]"#).to_string(),
+            r#"device.os_family in ["macos", "linux"]"#
+        );
+        assert_eq!(req("user.n<2").to_string(), "user.n < 2");
+        assert_eq!(req("device.v >= 14.5").to_string(), "device.v >= 14.5");
+    }
+
+    #[test]
+    fn parse_errors_say_where() {
+        let cases = [
+            ("", 1),
+            ("host.x == 1", 1),
+            ("device. == 1", 1),
+            ("device.x = 1", 10),
+            ("device.x == ", 13),
+            ("device.x == tru", 13),
+            ("device.x == 1 2", 15),
+            ("device.x == [1]", 13),
+            ("device.x in 1", 13),
+            ("device.x in []", 14),
+            ("device.x in [1", 15),
+            ("device.x in [1 2]", 16),
+            ("device.x in [[1]]", 14),
+            ("device.x inside [1]", 10),
+            ("device.x == \"open", 13),
+            ("device.x == \"bad\\q\"", 17),
+            ("device.x == \"\\u12\"", 14),
+            ("device.x == 007", 13),
+            ("device.x == 99999999999999999999", 13),
+            ("device.x == 1e999", 13),
+            ("device.x == nan", 13),
+            ("device.x == inf", 13),
+            ("device.x == 14.", 13),
+        ];
+        for (input, column) in cases {
+            match Requirement::parse(input) {
+                Ok(r) => panic!("{input:?} parsed as {r:?}"),
+                Err(e) => assert_eq!(e.column, column, "{input:?}: {e}"),
+            }
+        }
+        let e = Requirement::parse("device.x = 1").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "at column 10: expected an operator: ==, !=, >=, >, <=, < or in"
+        );
+    }
+
+    #[test]
+    fn garbage_never_panics_the_parser() {
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let alphabet: Vec<char> = "device.user.x_=!<>in[]\"'\\,0123456789.eE+-u tf\u{e9}\u{0}\n"
+            .chars()
+            .collect();
+        let seeds = [
+            "device.os_version >= 14.5",
+            r#"device.f in ["a", "b"]"#,
+            "user.x == \"\\u00e9\"",
+        ];
+        for i in 0..600 {
+            let s: String = if i % 2 == 0 {
+                let len = (next() % 40) as usize;
+                (0..len)
+                    .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                    .collect()
+            } else {
+                let mut chars: Vec<char> = seeds[i % seeds.len()].chars().collect();
+                for _ in 0..1 + next() % 4 {
+                    let at = (next() % chars.len() as u64) as usize;
+                    match next() % 3 {
+                        0 => drop(chars.remove(at)),
+                        1 => chars.insert(at, alphabet[(next() % alphabet.len() as u64) as usize]),
+                        _ => chars.truncate(at),
+                    }
+                    if chars.is_empty() {
+                        chars.push('x');
+                    }
+                }
+                chars.into_iter().collect()
+            };
+            if let Ok(r) = Requirement::parse(&s) {
+                for value in [
+                    AttrValue::Bool(true),
+                    AttrValue::Int(-1),
+                    AttrValue::Float(1.5),
+                    AttrValue::Text(s.clone()),
+                ] {
+                    let _ = r.check(&value);
+                }
+                assert_eq!(
+                    Requirement::parse(&r.to_string()).map(|p| p.op),
+                    Ok(r.op),
+                    "{s:?}"
+                );
+            }
+        }
     }
 }
