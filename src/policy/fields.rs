@@ -1,6 +1,6 @@
 //! Checks on single keys and lists of a policy file, shared by the tables of
 //! [`super::validate`]: durations, groups, principals, TTLs, profile names,
-//! networks, `source_address`, `approval` and `notify`. Each records its
+//! networks, `source_address` and `approval`. Each records its
 //! problems in the [`Ctx`] and returns what it could validate.
 
 use std::collections::BTreeSet;
@@ -304,31 +304,6 @@ pub fn approval(
     })
 }
 
-pub fn notify(ctx: &mut Ctx<'_>, list: &StrList) -> Option<Vec<String>> {
-    let before = ctx.error_count();
-    match list.get_ref().first() {
-        None => ctx.error(
-            list.span(),
-            "notify is empty: give a program and its arguments, e.g. notify = [\"/usr/local/bin/notify\", \"--jitca\"]",
-        ),
-        Some(program) if !program.get_ref().starts_with('/') => ctx.error(
-            program.span(),
-            format!(
-                "notify program {:?} is not an absolute path: no shell or PATH lookup is used, so give the full path",
-                program.get_ref()
-            ),
-        ),
-        Some(_) => {}
-    }
-    for arg in list.get_ref() {
-        if arg.get_ref().contains('\0') {
-            ctx.error(arg.span(), "notify arguments cannot contain NUL characters");
-        }
-    }
-    (ctx.error_count() == before)
-        .then(|| list.get_ref().iter().map(|a| a.get_ref().clone()).collect())
-}
-
 pub fn parse_duration(
     ctx: &mut Ctx<'_>,
     what: &str,
@@ -361,4 +336,222 @@ pub fn positive(
 }
 
 #[cfg(test)]
-mod tests {}
+mod tests {
+    use super::super::Policy;
+    use super::super::validate::expect_one_error;
+    use super::*;
+
+    /// A valid role; each test appends the line under test.
+    const ROLE: &str = "[role.r]\ngroups = [\"g\"]\nttl = \"15m\"\n";
+
+    fn with_principals(list: &str) -> String {
+        format!("{ROLE}principals = {list} # <-\n")
+    }
+
+    fn role_error(extra: &str) -> String {
+        expect_one_error(&format!("{ROLE}principals = [\"p\"]\n{extra}\n"))
+    }
+
+    fn contains(message: &str, needle: &str) {
+        assert!(message.contains(needle), "{needle:?} not in {message:?}");
+    }
+
+    fn role(extra: &str) -> super::super::Role {
+        let text = format!("{ROLE}principals = [\"p\"]\n{extra}\n");
+        match Policy::parse("p.toml", &text) {
+            Ok(p) => p.role("r").cloned().unwrap(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn unsafe_principal_lists_are_refused() {
+        contains(
+            &expect_one_error(&with_principals("[]")),
+            "principals is empty",
+        );
+        for bad in ["a,b", "*", "ro?t", "!x", "a b", "a\\tb", "a\\u0007", ""] {
+            let msg = expect_one_error(&with_principals(&format!("[\"{bad}\"]")));
+            contains(&msg, "principal");
+        }
+        let long = "x".repeat(257);
+        contains(
+            &expect_one_error(&with_principals(&format!("[\"{long}\"]"))),
+            "257 bytes",
+        );
+        contains(
+            &expect_one_error(&with_principals("[\"a\", \"b\", \"a\"]")),
+            "listed twice",
+        );
+        let many: Vec<String> = (0..257).map(|i| format!("\"u{i}\"")).collect();
+        let msg = expect_one_error(&with_principals(&format!("[{}]", many.join(", "))));
+        contains(&msg, "257 principals: the limit is 256");
+        let msg = expect_one_error("[role.r] # <-\ngroups = [\"g\"]\nttl = \"15m\"\n");
+        contains(&msg, "principals is required");
+    }
+
+    #[test]
+    fn a_principal_on_its_own_line_is_reported_there() {
+        let text = format!("{ROLE}principals = [\n  \"ok\",\n  \"not ok\", # <-\n]\n");
+        contains(&expect_one_error(&text), "\"not ok\"");
+    }
+
+    #[test]
+    fn groups_must_be_a_non_empty_list_of_names() {
+        let msg =
+            expect_one_error("[role.r]\ngroups = [] # <-\nprincipals = [\"p\"]\nttl = \"1m\"\n");
+        contains(&msg, "groups is empty");
+        let msg = expect_one_error(
+            "[role.r]\ngroups = [\"a b\"] # <-\nprincipals = [\"p\"]\nttl = \"1m\"\n",
+        );
+        contains(&msg, "group name \"a b\"");
+        let msg = expect_one_error("[role.r] # <-\nprincipals = [\"p\"]\nttl = \"1m\"\n");
+        contains(&msg, "groups is required");
+    }
+
+    #[test]
+    fn durations_and_ttls_are_checked() {
+        let base = "[role.r]\ngroups = [\"g\"]\nprincipals = [\"p\"]\n";
+        let msg = expect_one_error(&format!("{base}ttl = \"fifteen\" # <-\n"));
+        contains(
+            &msg,
+            "\"fifteen\" is not a duration: use a number and a unit, e.g. \"15m\"",
+        );
+        contains(
+            &expect_one_error(&format!("{base}ttl = \"0s\" # <-\n")),
+            "above zero",
+        );
+        contains(
+            &expect_one_error(&format!("{base}ttl = \"0\" # <-\n")),
+            "above zero",
+        );
+        let msg = expect_one_error(&format!("{base}ttl = \"2h\"\nmax_ttl = \"1h\" # <-\n"));
+        contains(&msg, "ttl 2h is above max_ttl 1h");
+        let msg = expect_one_error(&format!(
+            "[ca]\nmax_ttl = \"1h\"\n{base}ttl = \"5m\"\nmax_ttl = \"2h\" # <-\n"
+        ));
+        contains(&msg, "max_ttl 2h is above [ca] max_ttl 1h");
+        let msg = expect_one_error(&format!("{base}ttl = \"9h\" # <-\n"));
+        contains(&msg, "max_ttl 9h is above [ca] max_ttl 8h");
+        contains(
+            &expect_one_error(&format!("{base}ttl = \"1500ms\" # <-\n")),
+            "whole number of seconds",
+        );
+        contains(
+            &expect_one_error("[ca]\nmax_ttl = \"400d\" # <-\n"),
+            "too long",
+        );
+        contains(
+            &expect_one_error("[ca]\nbackdate = \"2h\" # <-\n"),
+            "the limit is 1h",
+        );
+        contains(
+            &expect_one_error("[ca]\nmax_ttl = \"0s\" # <-\n"),
+            "above zero",
+        );
+        contains(
+            &expect_one_error("[role.r] # <-\ngroups = [\"g\"]\nprincipals = [\"p\"]\n"),
+            "ttl is required",
+        );
+    }
+
+    #[test]
+    fn networks_must_parse_without_host_bits() {
+        contains(
+            &role_error("networks = [\"10.0.0.0/33\"] # <-"),
+            "not an address or CIDR",
+        );
+        contains(
+            &role_error("networks = [\"example\"] # <-"),
+            "not an address or CIDR",
+        );
+        contains(
+            &role_error("networks = [\"10.20.0.1/16\"] # <-"),
+            "did you mean \"10.20.0.0/16\"",
+        );
+        let r = role("networks = [\"10.20.0.0/16\", \"192.0.2.7\", \"2001:db8::/32\"]");
+        let shown: Vec<String> = r.networks.iter().map(IpNet::to_string).collect();
+        assert_eq!(shown, ["10.20.0.0/16", "192.0.2.7/32", "2001:db8::/32"]);
+    }
+
+    #[test]
+    fn source_address_is_peer_or_a_list_of_networks() {
+        assert_eq!(
+            role("source_address = \"peer\"").source_address,
+            Some(SourceAddress::Peer)
+        );
+        let r = role("source_address = [\"10.0.0.0/8\", \"::1\"]");
+        assert_eq!(
+            r.source_address,
+            Some(SourceAddress::Fixed(vec![
+                "10.0.0.0/8".parse().unwrap(),
+                "::1/128".parse().unwrap()
+            ]))
+        );
+        contains(
+            &role_error("source_address = \"any\" # <-"),
+            "use \"peer\" or a list",
+        );
+        contains(&role_error("source_address = [] # <-"), "empty list");
+        contains(
+            &role_error("source_address = [\"10.0.0.0/8\", \"nope\"] # <-"),
+            "\"nope\" is not an address",
+        );
+        contains(&role_error("source_address = 5 # <-"), "\"peer\" or a list");
+    }
+
+    #[test]
+    fn approvals_are_checked() {
+        let r = role("approval = { count = 2, approvers = [\"leads\"], timeout = \"30m\" }");
+        let a = r.approval.unwrap();
+        assert_eq!((a.count, a.timeout), (2, Duration::from_secs(1800)));
+        assert_eq!(
+            role("approval = { approvers = [\"leads\"], timeout = \"1m\" }")
+                .approval
+                .unwrap()
+                .count,
+            1
+        );
+        contains(
+            &role_error("approval = { count = 0, approvers = [\"l\"], timeout = \"1m\" } # <-"),
+            "count 0 is not valid",
+        );
+        contains(
+            &role_error("approval = { count = -1, approvers = [\"l\"], timeout = \"1m\" } # <-"),
+            "count -1",
+        );
+        contains(
+            &role_error("approval = { approvers = [], timeout = \"1m\" } # <-"),
+            "approvers is empty",
+        );
+        contains(
+            &role_error("approval = { timeout = \"1m\" } # <-"),
+            "approvers is required",
+        );
+        contains(
+            &role_error("approval = { approvers = [\"l\"] } # <-"),
+            "needs a timeout",
+        );
+        contains(
+            &role_error("approval = { approvers = [\"l\"], timeout = \"0s\" } # <-"),
+            "above zero",
+        );
+    }
+
+    #[test]
+    fn approvers_drawn_from_the_requesters_get_a_warning() {
+        let text = format!(
+            "{ROLE}principals = [\"p\"]\napproval = {{ approvers = [\"g\"], timeout = \"5m\" }}\n"
+        );
+        let policy = Policy::parse("p.toml", &text).unwrap();
+        assert_eq!(policy.warnings().len(), 1, "{:?}", policy.warnings());
+        assert!(policy.warnings()[0].starts_with("p.toml:5: [role.r]: every approver group"));
+        let text = text.replace("[\"g\"], timeout", "[\"leads\"], timeout");
+        assert!(
+            Policy::parse("p.toml", &text)
+                .unwrap()
+                .warnings()
+                .is_empty()
+        );
+    }
+}
