@@ -20,6 +20,7 @@ mod compare;
 mod duration;
 mod evaluate;
 mod fields;
+mod posture;
 mod principal;
 mod raw;
 mod requirement;
