@@ -63,11 +63,11 @@ fn audit_verify_names_the_record_whose_body_was_changed() {
         "the issued record should not be the last one"
     );
 
-    let changed = env.db_execute(
-        "UPDATE audit SET body = replace(body, 'alice', 'mallory') WHERE seq = ?1",
-        [issued],
-    );
-    assert_eq!(changed, 1);
+    // The table refuses updates; an intruder drops the trigger first.
+    env.sqlite3(&format!(
+        "DROP TRIGGER audit_append_only_update; \
+         UPDATE audit SET body = replace(body, 'alice', 'mallory') WHERE seq = {issued};"
+    ));
     let tampered = env.db_query_i64(&format!(
         "SELECT instr(body, 'mallory') > 0 FROM audit WHERE seq = {issued}"
     ));
@@ -84,13 +84,25 @@ fn audit_verify_names_the_record_whose_body_was_changed() {
 #[test]
 fn audit_verify_fails_when_a_record_is_deleted() {
     let (env, _, issued) = env_with_history();
-    let removed = env.db_execute("DELETE FROM audit WHERE seq = ?1", [issued]);
-    assert_eq!(removed, 1);
+    env.sqlite3(&format!(
+        "DROP TRIGGER audit_append_only_delete; DELETE FROM audit WHERE seq = {issued};"
+    ));
+    assert_eq!(env.db_query_i64(&format!("SELECT count(*) FROM audit WHERE seq = {issued}")), 0);
 
     let out = env.jitca(&["audit", "verify"]);
     assert_exit(&out, 1, "audit verify after a deletion");
     let text = format!("{}{}", stdout(&out), common::stderr(&out));
     assert!(text.contains("audit record"), "{}", describe(&out));
+}
+
+#[test]
+fn audit_rows_refuse_plain_updates_and_deletes() {
+    let (env, _, issued) = env_with_history();
+    let conn = rusqlite::Connection::open(&env.db).unwrap();
+    let update = conn.execute("UPDATE audit SET kind = 'x' WHERE seq = ?1", [issued]);
+    let delete = conn.execute("DELETE FROM audit WHERE seq = ?1", [issued]);
+    assert!(update.is_err() && delete.is_err(), "{update:?} {delete:?}");
+    env.jitca_ok(&["audit", "verify"]);
 }
 
 #[test]

@@ -76,7 +76,7 @@ pub fn ensure_active(conn: &Connection, dir: &Path, now: i64) -> Result<Option<S
         return Ok(None);
     }
     let key = create(conn, dir, "active", now)?;
-    Ok(Some(key.fingerprint()))
+    Ok(Some(key.fingerprint().to_string()))
 }
 
 /// Generates a new key file in `dir` and records it with `state`.

@@ -503,6 +503,21 @@ impl Env {
             .unwrap_or_else(|e| panic!("cannot run {sql}: {e}"))
     }
 
+    /// Runs SQL with the real `sqlite3` command-line tool, as an intruder with
+    /// write access to the database file would; returns its stdout.
+    pub fn sqlite3(&self, sql: &str) -> String {
+        let sqlite3 = "/usr/bin/sqlite3";
+        assert!(
+            Path::new(sqlite3).exists(),
+            "{sqlite3} is missing: install the sqlite3 package (apt-get install -y sqlite3)"
+        );
+        let mut cmd = Command::new(sqlite3);
+        cmd.arg(&self.db).arg(sql);
+        let out = run(&mut cmd, Duration::from_secs(30));
+        assert!(out.status.success(), "sqlite3 {sql}:\n{}", describe(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Reads one integer with a query on the database.
     pub fn db_query_i64(&self, sql: &str) -> i64 {
         let conn = rusqlite::Connection::open(&self.db)
