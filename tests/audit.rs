@@ -87,7 +87,10 @@ fn audit_verify_fails_when_a_record_is_deleted() {
     env.sqlite3(&format!(
         "DROP TRIGGER audit_append_only_delete; DELETE FROM audit WHERE seq = {issued};"
     ));
-    assert_eq!(env.db_query_i64(&format!("SELECT count(*) FROM audit WHERE seq = {issued}")), 0);
+    assert_eq!(
+        env.db_query_i64(&format!("SELECT count(*) FROM audit WHERE seq = {issued}")),
+        0
+    );
 
     let out = env.jitca(&["audit", "verify"]);
     assert_exit(&out, 1, "audit verify after a deletion");

@@ -71,7 +71,11 @@ pub fn trusted(conn: &Connection) -> Result<Vec<String>, StoreError> {
 /// Makes sure an active CA key exists: creates one in `dir` and records it
 /// when the database has none. Returns the new key's fingerprint when one
 /// was created. Runs inside the caller's write transaction.
-pub fn ensure_active(conn: &Connection, dir: &Path, now: i64) -> Result<Option<String>, StoreError> {
+pub fn ensure_active(
+    conn: &Connection,
+    dir: &Path,
+    now: i64,
+) -> Result<Option<String>, StoreError> {
     if active(conn)?.is_some() {
         return Ok(None);
     }

@@ -42,8 +42,21 @@ fn parse_since(s: &str) -> Result<i64, String> {
 pub fn audit(paths: &Paths, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
     let conn = open_db(paths)?;
     match cmd {
-        AuditCommand::List { user, since, kind, json } => {
-            let records = audit::list(&conn, &Filter { user, since, kind, limit: None })?;
+        AuditCommand::List {
+            user,
+            since,
+            kind,
+            json,
+        } => {
+            let records = audit::list(
+                &conn,
+                &Filter {
+                    user,
+                    since,
+                    kind,
+                    limit: None,
+                },
+            )?;
             for r in &records {
                 if json {
                     println!("{}", serde_json::to_string(r)?);
@@ -57,12 +70,12 @@ pub fn audit(paths: &Paths, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             None => anyhow::bail!("there is no audit record {id}: see `jitca audit list`"),
         },
         AuditCommand::Verify => match audit::verify(&conn)? {
-            Verdict::Intact { records, head } => {
-                match head {
-                    Some((seq, hash)) => println!("audit chain ok: {records} records, head {seq} {hash}"),
-                    None => println!("audit chain ok: 0 records"),
+            Verdict::Intact { records, head } => match head {
+                Some((seq, hash)) => {
+                    println!("audit chain ok: {records} records, head {seq} {hash}")
                 }
-            }
+                None => println!("audit chain ok: 0 records"),
+            },
             Verdict::Broken { seq, problem } => {
                 eprintln!("error: audit chain broken at audit record {seq}: {problem}");
                 return Ok(ExitCode::FAILURE);
@@ -74,9 +87,16 @@ pub fn audit(paths: &Paths, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
 
 /// One line per record: sequence, time, kind, subject, and the gist.
 fn summary(r: &Record) -> String {
-    let when = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(r.at.max(0) as u64));
+    let when = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + Duration::from_secs(r.at.max(0) as u64),
+    );
     let mut line = format!("{:>6} {when} {:<20}", r.seq, r.kind);
-    for (k, v) in [("user", &r.user), ("device", &r.device), ("role", &r.role), ("request", &r.request_id)] {
+    for (k, v) in [
+        ("user", &r.user),
+        ("device", &r.device),
+        ("role", &r.role),
+        ("request", &r.request_id),
+    ] {
         if let Some(v) = v {
             line.push_str(&format!(" {k}={v}"));
         }
@@ -85,7 +105,10 @@ fn summary(r: &Record) -> String {
     match r.kind.as_str() {
         "issued" => {
             let c = &b["certificate"];
-            line.push_str(&format!(" serial={} principals={} key_id={}", c["serial"], c["principals"], c["key_id"]));
+            line.push_str(&format!(
+                " serial={} principals={} key_id={}",
+                c["serial"], c["principals"], c["key_id"]
+            ));
         }
         "denied" => {
             let failed: Vec<String> = b["decision"]["rules"]
@@ -94,7 +117,13 @@ fn summary(r: &Record) -> String {
                     rules
                         .iter()
                         .filter(|r| r["passed"] == false)
-                        .map(|r| format!("{} (saw {})", r["rule"].as_str().unwrap_or("?"), r["seen"].as_str().unwrap_or("?")))
+                        .map(|r| {
+                            format!(
+                                "{} (saw {})",
+                                r["rule"].as_str().unwrap_or("?"),
+                                r["seen"].as_str().unwrap_or("?")
+                            )
+                        })
                         .collect()
                 })
                 .unwrap_or_default();

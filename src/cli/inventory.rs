@@ -105,16 +105,36 @@ pub fn user(paths: &Paths, cmd: UserCommand) -> anyhow::Result<ExitCode> {
             }
         }
         UserCommand::Suspend { name } => {
-            let changed = store::write(&mut conn, |c| inv::set_user_status(c, &name, Status::Inactive, now))?;
-            println!("{}", if changed { format!("suspended user {name}") } else { format!("user {name} was already suspended") });
+            let changed = store::write(&mut conn, |c| {
+                inv::set_user_status(c, &name, Status::Inactive, now)
+            })?;
+            println!(
+                "{}",
+                if changed {
+                    format!("suspended user {name}")
+                } else {
+                    format!("user {name} was already suspended")
+                }
+            );
         }
         UserCommand::Resume { name } => {
-            let changed = store::write(&mut conn, |c| inv::set_user_status(c, &name, Status::Active, now))?;
-            println!("{}", if changed { format!("resumed user {name}") } else { format!("user {name} was already active") });
+            let changed = store::write(&mut conn, |c| {
+                inv::set_user_status(c, &name, Status::Active, now)
+            })?;
+            println!(
+                "{}",
+                if changed {
+                    format!("resumed user {name}")
+                } else {
+                    format!("user {name} was already active")
+                }
+            );
         }
         UserCommand::Set { name, attributes } => {
             let attrs = inv::parse_assignments(&attributes)?;
-            store::write(&mut conn, |c| inv::set_user_attributes(c, &name, &attrs, now))?;
+            store::write(&mut conn, |c| {
+                inv::set_user_attributes(c, &name, &attrs, now)
+            })?;
             println!("set {} attribute(s) of user {name}", attrs.len());
         }
     }
@@ -128,7 +148,9 @@ pub fn group(paths: &Paths, cmd: GroupCommand) -> anyhow::Result<ExitCode> {
         GroupCommand::Add { group, user } => (group, user, true),
         GroupCommand::Remove { group, user } => (group, user, false),
     };
-    let changed = store::write(&mut conn, |c| inv::set_membership(c, &group, &user, member, now))?;
+    let changed = store::write(&mut conn, |c| {
+        inv::set_membership(c, &group, &user, member, now)
+    })?;
     let what = match (member, changed) {
         (true, true) => format!("added {user} to group {group}"),
         (true, false) => format!("{user} was already in group {group}"),
@@ -142,13 +164,22 @@ pub fn group(paths: &Paths, cmd: GroupCommand) -> anyhow::Result<ExitCode> {
 pub fn device(paths: &Paths, cmd: DeviceCommand) -> anyhow::Result<ExitCode> {
     let now = now_unix();
     match cmd {
-        DeviceCommand::Add { user, keyfile, name } => {
+        DeviceCommand::Add {
+            user,
+            keyfile,
+            name,
+        } => {
             // The key is checked before the database is even opened.
             let key = read_subject_key(&keyfile)?;
             let fingerprint = key.fingerprint();
             let key_type = key.algorithm();
             let public_key = key.openssh();
-            let new = inv::NewDevice { fingerprint: &fingerprint, key_type: &key_type, public_key: &public_key, label: &key.comment };
+            let new = inv::NewDevice {
+                fingerprint: &fingerprint,
+                key_type: &key_type,
+                public_key: &public_key,
+                label: &key.comment,
+            };
             let mut conn = open_db(paths)?;
             store::write(&mut conn, |c| inv::add_device(c, &user, &name, &new, now))?;
             println!("enrolled {key_type} key {fingerprint} as device {name} of user {user}");
@@ -156,13 +187,28 @@ pub fn device(paths: &Paths, cmd: DeviceCommand) -> anyhow::Result<ExitCode> {
         DeviceCommand::List => {
             let conn = open_db(paths)?;
             for d in inv::list_devices(&conn)? {
-                println!("{:<24} {:<16} {:<9} {:<34} {} {}", d.name, d.user, d.status.as_str(), d.key_type, d.fingerprint, d.label);
+                println!(
+                    "{:<24} {:<16} {:<9} {:<34} {} {}",
+                    d.name,
+                    d.user,
+                    d.status.as_str(),
+                    d.key_type,
+                    d.fingerprint,
+                    d.label
+                );
             }
         }
         DeviceCommand::Disable { name } => {
             let mut conn = open_db(paths)?;
             let changed = store::write(&mut conn, |c| inv::disable_device(c, &name, now))?;
-            println!("{}", if changed { format!("disabled device {name}") } else { format!("device {name} was already disabled") });
+            println!(
+                "{}",
+                if changed {
+                    format!("disabled device {name}")
+                } else {
+                    format!("device {name} was already disabled")
+                }
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -175,7 +221,10 @@ pub fn posture(paths: &Paths, cmd: PostureCommand) -> anyhow::Result<ExitCode> {
         PostureCommand::Set { device, attributes } => {
             let attrs = inv::parse_assignments(&attributes)?;
             store::write(&mut conn, |c| inv::set_posture(c, &device, &attrs, now))?;
-            println!("set {} posture attribute(s) of device {device}", attrs.len());
+            println!(
+                "set {} posture attribute(s) of device {device}",
+                attrs.len()
+            );
         }
         PostureCommand::Import { file } => {
             let reports = inv::read_import(&file, now)?;
@@ -192,7 +241,11 @@ pub fn posture(paths: &Paths, cmd: PostureCommand) -> anyhow::Result<ExitCode> {
                 println!("no posture reported");
             }
             for (k, a) in p {
-                println!("  device.{k} = {} (reported {})", a.value, crate::server::commands::ago(now, a.reported_at));
+                println!(
+                    "  device.{k} = {} (reported {})",
+                    a.value,
+                    crate::server::commands::ago(now, a.reported_at)
+                );
             }
         }
     }
@@ -200,5 +253,9 @@ pub fn posture(paths: &Paths, cmd: PostureCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn join(items: &[String]) -> String {
-    if items.is_empty() { "-".into() } else { items.join(",") }
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.join(",")
+    }
 }

@@ -54,9 +54,15 @@ struct Created {
 fn create_state(paths: &Paths) -> anyhow::Result<Created> {
     let (mut conn, database) = store::open(&paths.db)?;
     let now = now_unix();
-    let ca_key = store::write(&mut conn, |c| registry::ensure_active(c, &paths.ca_keys, now))?;
+    let ca_key = store::write(&mut conn, |c| {
+        registry::ensure_active(c, &paths.ca_keys, now)
+    })?;
     let (_, host_key) = load_or_create_host_key(&paths.ca_keys)?;
-    Ok(Created { database, ca_key, host_key })
+    Ok(Created {
+        database,
+        ca_key,
+        host_key,
+    })
 }
 
 fn sshd_lines() -> &'static str {
@@ -82,7 +88,11 @@ pub fn init(paths: &Paths) -> anyhow::Result<ExitCode> {
         any = true;
     }
     if !any {
-        println!("nothing to create: {} and {} are already set up", paths.db.display(), paths.ca_keys.display());
+        println!(
+            "nothing to create: {} and {} are already set up",
+            paths.db.display(),
+            paths.ca_keys.display()
+        );
     }
     print!("\n{}", sshd_lines());
     Ok(ExitCode::SUCCESS)
@@ -163,7 +173,14 @@ pub fn ca(paths: &Paths, cmd: CaCommand) -> anyhow::Result<ExitCode> {
         }
         CaCommand::List => {
             for k in registry::list(&conn)? {
-                println!("{:<9} {} {} {} created {}", k.state, k.fingerprint, k.algorithm, k.file, ts(k.created_at));
+                println!(
+                    "{:<9} {} {} {} created {}",
+                    k.state,
+                    k.fingerprint,
+                    k.algorithm,
+                    k.file,
+                    ts(k.created_at)
+                );
             }
         }
     }
@@ -171,7 +188,8 @@ pub fn ca(paths: &Paths, cmd: CaCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn ts(t: i64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64)).to_string()
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64))
+        .to_string()
 }
 
 pub fn policy(paths: &Paths, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
@@ -182,7 +200,12 @@ pub fn policy(paths: &Paths, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
             for w in p.warnings() {
                 println!("warning: {w}");
             }
-            println!("ok: {} is valid ({} roles, sha256 {})", path.display(), p.roles().count(), p.sha256());
+            println!(
+                "ok: {} is valid ({} roles, sha256 {})",
+                path.display(),
+                p.roles().count(),
+                p.sha256()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

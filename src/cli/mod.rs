@@ -20,15 +20,29 @@ pub struct Paths {
     #[arg(long, global = true, env = "JITCA_DB", default_value = "jitca.db")]
     pub db: PathBuf,
     /// The directory holding the CA private keys and the daemon's host key
-    #[arg(long = "ca-keys", global = true, env = "JITCA_CA_KEYS", default_value = "ca-keys")]
+    #[arg(
+        long = "ca-keys",
+        global = true,
+        env = "JITCA_CA_KEYS",
+        default_value = "ca-keys"
+    )]
     pub ca_keys: PathBuf,
     /// The policy file
-    #[arg(long, global = true, env = "JITCA_POLICY", default_value = "policy.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "JITCA_POLICY",
+        default_value = "policy.toml"
+    )]
     pub policy: PathBuf,
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "jitca", version, about = "Just-in-time SSH certificate authority")]
+#[command(
+    name = "jitca",
+    version,
+    about = "Just-in-time SSH certificate authority"
+)]
 struct Cli {
     #[command(flatten)]
     paths: Paths,

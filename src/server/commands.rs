@@ -72,7 +72,9 @@ fn parse_reason(s: &str) -> Result<String, String> {
         return Err("the reason is empty: say why you need access".into());
     }
     if s.chars().count() > MAX_REASON_CHARS {
-        return Err(format!("the reason is longer than {MAX_REASON_CHARS} characters"));
+        return Err(format!(
+            "the reason is longer than {MAX_REASON_CHARS} characters"
+        ));
     }
     if s.chars().any(char::is_control) {
         return Err("the reason contains control characters".into());
@@ -100,7 +102,10 @@ pub fn parse(raw: &[u8]) -> Parsed {
     let Ok(line) = std::str::from_utf8(raw) else {
         return Parsed::Usage("error: the command is not valid UTF-8\n".into());
     };
-    if line.chars().any(|c| c.is_control() && c != '\t' && c != '\n') {
+    if line
+        .chars()
+        .any(|c| c.is_control() && c != '\t' && c != '\n')
+    {
         return Parsed::Usage("error: the command contains control characters\n".into());
     }
     let words = match shell_words::split(line) {
@@ -191,7 +196,10 @@ mod tests {
             assert!(matches!(parse(bad.as_bytes()), Parsed::Usage(_)), "{bad}");
         }
         assert!(matches!(parse(&[0xff, 0xfe]), Parsed::Usage(_)));
-        assert!(matches!(parse(&vec![b'a'; MAX_COMMAND_BYTES + 1]), Parsed::Usage(_)));
+        assert!(matches!(
+            parse(&vec![b'a'; MAX_COMMAND_BYTES + 1]),
+            Parsed::Usage(_)
+        ));
     }
 
     #[test]

@@ -9,8 +9,8 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use russh::keys::{HashAlg, PublicKey};
 use rusqlite::{Connection, params};
+use russh::keys::{HashAlg, PublicKey};
 use serde_json::json;
 
 use super::State;
@@ -52,7 +52,11 @@ pub enum RequestError {
 }
 
 /// Takes the snapshot of a caller's device as it is now.
-pub async fn snapshot(state: &State, who: &Identity, peer: IpAddr) -> Result<(Arc<Policy>, Snapshot), StoreError> {
+pub async fn snapshot(
+    state: &State,
+    who: &Identity,
+    peer: IpAddr,
+) -> Result<(Arc<Policy>, Snapshot), StoreError> {
     let policy = state.policy();
     let device = who.device_id;
     let sha = policy.sha256().to_string();
@@ -118,7 +122,10 @@ async fn record_denial(
     .device(&snap.device.name)
     .role(&decision.role);
     let at = snap.connection.at;
-    state.writer.run(move |conn| audit::append(conn, at, &event).map(|_| ())).await
+    state
+        .writer
+        .run(move |conn| audit::append(conn, at, &event).map(|_| ()))
+        .await
 }
 
 fn request_json(params: &RequestParams) -> serde_json::Value {

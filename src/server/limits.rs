@@ -16,7 +16,9 @@ const MAX_ENTRIES: usize = 10_000;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Admit {
     /// Write it; `suppressed` refusals of this key and peer were dropped since the last one.
-    Record { suppressed: u64 },
+    Record {
+        suppressed: u64,
+    },
     Drop,
 }
 
@@ -61,12 +63,18 @@ impl RefusalLimiter {
             }
         }
         if inner.seen.len() >= MAX_ENTRIES {
-            inner.seen.retain(|_, (t, _)| now.duration_since(*t) < PER_KEY_INTERVAL);
+            inner
+                .seen
+                .retain(|_, (t, _)| now.duration_since(*t) < PER_KEY_INTERVAL);
             if inner.seen.len() >= MAX_ENTRIES {
                 inner.seen.clear();
             }
         }
-        let suppressed = inner.seen.insert(key, (now, 0)).map(|(_, d)| d).unwrap_or(0);
+        let suppressed = inner
+            .seen
+            .insert(key, (now, 0))
+            .map(|(_, d)| d)
+            .unwrap_or(0);
         Admit::Record { suppressed }
     }
 }
@@ -81,7 +89,10 @@ mod tests {
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         let t0 = Instant::now();
         assert_eq!(l.admit_at(ip, "k", t0), Admit::Record { suppressed: 0 });
-        assert_eq!(l.admit_at(ip, "k", t0 + Duration::from_secs(1)), Admit::Drop);
+        assert_eq!(
+            l.admit_at(ip, "k", t0 + Duration::from_secs(1)),
+            Admit::Drop
+        );
         assert_eq!(l.admit_at(ip, "other", t0), Admit::Record { suppressed: 0 });
         assert_eq!(
             l.admit_at(ip, "k", t0 + PER_KEY_INTERVAL + Duration::from_secs(1)),

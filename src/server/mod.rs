@@ -40,7 +40,12 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(db: &Path, ca_dir: &Path, policy_path: &Path, policy: Policy) -> Result<State, crate::store::StoreError> {
+    pub fn new(
+        db: &Path,
+        ca_dir: &Path,
+        policy_path: &Path,
+        policy: Policy,
+    ) -> Result<State, crate::store::StoreError> {
         Ok(State {
             policy_path: policy_path.to_path_buf(),
             policy: RwLock::new(Arc::new(policy)),
@@ -86,7 +91,14 @@ impl State {
     /// Audits an authentication refusal, at most once per key and peer per
     /// interval, and within a global rate, so that a flood of attempts cannot
     /// flood the audit log.
-    pub async fn record_refusal(&self, peer: IpAddr, fingerprint: &str, key_type: &str, who: Option<&Identity>, reason: &str) {
+    pub async fn record_refusal(
+        &self,
+        peer: IpAddr,
+        fingerprint: &str,
+        key_type: &str,
+        who: Option<&Identity>,
+        reason: &str,
+    ) {
         let suppressed = match self.refusals.admit(peer, fingerprint) {
             limits::Admit::Record { suppressed } => suppressed,
             limits::Admit::Drop => return,
@@ -105,7 +117,11 @@ impl State {
             event = event.user(&w.user).device(&w.device);
         }
         let at = now_unix();
-        if let Err(e) = self.writer.run(move |c| audit::append(c, at, &event).map(|_| ())).await {
+        if let Err(e) = self
+            .writer
+            .run(move |c| audit::append(c, at, &event).map(|_| ()))
+            .await
+        {
             tracing::error!(error = %e, "cannot audit an authentication refusal");
         }
     }
@@ -123,7 +139,9 @@ fn config(host_key: PrivateKey, limits: &Limits) -> russh::server::Config {
     let mut methods = russh::MethodSet::empty();
     methods.push(russh::MethodKind::PublicKey);
     russh::server::Config {
-        server_id: russh::SshId::Standard(format!("SSH-2.0-jitca_{}", env!("CARGO_PKG_VERSION")).into()),
+        server_id: russh::SshId::Standard(
+            format!("SSH-2.0-jitca_{}", env!("CARGO_PKG_VERSION")).into(),
+        ),
         methods,
         keys: vec![host_key],
         auth_rejection_time: Duration::from_millis(300),
@@ -136,13 +154,19 @@ fn config(host_key: PrivateKey, limits: &Limits) -> russh::server::Config {
 }
 
 /// Accepts connections until the process is stopped. SIGHUP rereads the policy.
-pub async fn serve(state: Arc<State>, listener: TcpListener, host_key: PrivateKey, limits: Limits) -> std::io::Result<()> {
+pub async fn serve(
+    state: Arc<State>,
+    listener: TcpListener,
+    host_key: PrivateKey,
+    limits: Limits,
+) -> std::io::Result<()> {
     let config = Arc::new(config(host_key, &limits));
     let permits = Arc::new(Semaphore::new(limits.max_connections));
 
     let reload = state.clone();
     tokio::spawn(async move {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
             tracing::warn!("cannot listen for SIGHUP; policy reload needs a restart");
             return;
         };
@@ -176,7 +200,12 @@ pub async fn serve(state: Arc<State>, listener: TcpListener, host_key: PrivateKe
     }
 }
 
-async fn connection(config: Arc<russh::server::Config>, state: Arc<State>, socket: tokio::net::TcpStream, peer: SocketAddr) {
+async fn connection(
+    config: Arc<russh::server::Config>,
+    state: Arc<State>,
+    socket: tokio::net::TcpStream,
+    peer: SocketAddr,
+) {
     let handler = session::Connection::new(state, peer);
     match russh::server::run_stream(config, socket, handler).await {
         Ok(running) => {

@@ -21,15 +21,29 @@ pub struct Output {
 
 impl Output {
     pub fn stdout(text: String, status: u32) -> Output {
-        Output { stdout: text, stderr: String::new(), status }
+        Output {
+            stdout: text,
+            stderr: String::new(),
+            status,
+        }
     }
 
     pub fn stderr(text: String, status: u32) -> Output {
-        Output { stdout: String::new(), stderr: text, status }
+        Output {
+            stdout: String::new(),
+            stderr: text,
+            status,
+        }
     }
 }
 
-pub async fn run_command(state: &State, who: &Identity, key: &PublicKey, peer: IpAddr, cmd: Command) -> Output {
+pub async fn run_command(
+    state: &State,
+    who: &Identity,
+    key: &PublicKey,
+    peer: IpAddr,
+    cmd: Command,
+) -> Output {
     match cmd {
         Command::Request { role, ttl, reason } => {
             let params = RequestParams { ttl, reason };
@@ -41,8 +55,12 @@ pub async fn run_command(state: &State, who: &Identity, key: &PublicKey, peer: I
                         i.serial,
                         i.principals.join(", "),
                         role,
-                        human(std::time::Duration::from_secs(i.valid_before.saturating_sub(now_unix().max(0) as u64))),
-                        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(i.valid_before)),
+                        human(std::time::Duration::from_secs(
+                            i.valid_before.saturating_sub(now_unix().max(0) as u64)
+                        )),
+                        humantime::format_rfc3339_seconds(
+                            std::time::UNIX_EPOCH + std::time::Duration::from_secs(i.valid_before)
+                        ),
                         i.key_id
                     ),
                     status: exit::OK,
@@ -55,7 +73,12 @@ pub async fn run_command(state: &State, who: &Identity, key: &PublicKey, peer: I
             Ok((policy, snap)) => {
                 let mut out = String::new();
                 let now = snap.connection.at;
-                let _ = writeln!(out, "user:    {} ({})", snap.user.name, snap.user.status.as_str());
+                let _ = writeln!(
+                    out,
+                    "user:    {} ({})",
+                    snap.user.name,
+                    snap.user.status.as_str()
+                );
                 let _ = writeln!(out, "groups:  {}", list_or_none(&snap.user.groups));
                 for (k, v) in &snap.user.attributes {
                     let _ = writeln!(out, "  user.{k} = {v}");
@@ -73,13 +96,21 @@ pub async fn run_command(state: &State, who: &Identity, key: &PublicKey, peer: I
                 } else {
                     let _ = writeln!(out, "posture:");
                     for (k, p) in &snap.device.posture {
-                        let _ = writeln!(out, "  device.{k} = {} (reported {})", p.value, ago(now, p.reported_at));
+                        let _ = writeln!(
+                            out,
+                            "  device.{k} = {} (reported {})",
+                            p.value,
+                            ago(now, p.reported_at)
+                        );
                     }
                 }
                 let _ = writeln!(out, "peer:    {}", snap.connection.peer);
                 let _ = writeln!(out, "policy:  sha256 {}", snap.policy_sha256);
                 let _ = writeln!(out, "roles:");
-                let params = RequestParams { ttl: None, reason: Some("explain".into()) };
+                let params = RequestParams {
+                    ttl: None,
+                    reason: Some("explain".into()),
+                };
                 for role in policy.roles() {
                     let verdict = match policy.evaluate(&role.name, &snap, &params) {
                         Ok(d) => verdict(&d),
@@ -93,12 +124,18 @@ pub async fn run_command(state: &State, who: &Identity, key: &PublicKey, peer: I
         },
         Command::Explain { role } => match issue::snapshot(state, who, peer).await {
             Ok((policy, snap)) => {
-                let params = RequestParams { ttl: None, reason: Some("explain".into()) };
+                let params = RequestParams {
+                    ttl: None,
+                    reason: Some("explain".into()),
+                };
                 match policy.evaluate(&role, &snap, &params) {
                     Ok(d) => {
-                        let mut out = format!("role {}: a request now would be {}\n", d.role, verdict(&d));
+                        let mut out =
+                            format!("role {}: a request now would be {}\n", d.role, verdict(&d));
                         write_rules(&mut out, &d.rules, "  FAIL  ");
-                        if let Outcome::Allow(g) | Outcome::NeedsApproval { grant: g, .. } = &d.outcome {
+                        if let Outcome::Allow(g) | Outcome::NeedsApproval { grant: g, .. } =
+                            &d.outcome
+                        {
                             let _ = writeln!(
                                 out,
                                 "grant:   principals {}, ttl {}, extensions {}",
@@ -121,7 +158,11 @@ pub async fn run_command(state: &State, who: &Identity, key: &PublicKey, peer: I
 }
 
 fn list_or_none(items: &[String]) -> String {
-    if items.is_empty() { "(none)".into() } else { items.join(", ") }
+    if items.is_empty() {
+        "(none)".into()
+    } else {
+        items.join(", ")
+    }
 }
 
 fn verdict(d: &Decision) -> String {
@@ -156,7 +197,10 @@ fn request_error(e: RequestError) -> Output {
         RequestError::UnknownRole(e) => Output::stderr(format!("error: {e}\n"), exit::USAGE),
         RequestError::Internal(e) => {
             tracing::error!(error = %e, "request failed");
-            Output::stderr(format!("error: internal error, nothing was issued: {e}\n"), exit::INTERNAL)
+            Output::stderr(
+                format!("error: internal error, nothing was issued: {e}\n"),
+                exit::INTERNAL,
+            )
         }
     }
 }

@@ -11,7 +11,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use russh::keys::{HashAlg, PublicKey};
-use russh::server::{Auth, ChannelOpenHandle, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+use russh::server::{
+    Auth, ChannelOpenHandle, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
+};
 use russh::{Channel, ChannelId, ChannelOpenFailure, Disconnect};
 
 use super::State;
@@ -66,19 +68,33 @@ impl Connection {
 impl Handler for Connection {
     type Error = russh::Error;
 
-    async fn auth_publickey_offered(&mut self, _user: &str, offer: PublicKeyOffer<'_>) -> Result<Auth, Self::Error> {
+    async fn auth_publickey_offered(
+        &mut self,
+        _user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
         if self.lookup(offer.public_key).await.is_some() {
             return Ok(Auth::Accept);
         }
         let fp = offer.public_key.fingerprint(HashAlg::Sha256).to_string();
         tracing::warn!(peer = %self.peer, fingerprint = %fp, "refused a key that is not enrolled");
         self.state
-            .record_refusal(self.peer.ip(), &fp, offer.algorithm.as_str(), None, "the key is not enrolled")
+            .record_refusal(
+                self.peer.ip(),
+                &fp,
+                offer.algorithm.as_str(),
+                None,
+                "the key is not enrolled",
+            )
             .await;
         Ok(Auth::reject())
     }
 
-    async fn auth_publickey(&mut self, _user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
+    async fn auth_publickey(
+        &mut self,
+        _user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
         let Some(who) = self.lookup(key.public_key).await else {
             return Ok(Auth::reject());
         };
@@ -86,7 +102,13 @@ impl Handler for Connection {
             let fp = key.public_key.fingerprint(HashAlg::Sha256).to_string();
             tracing::warn!(peer = %self.peer, user = %who.user, device = %who.device, %reason, "refused an inactive identity");
             self.state
-                .record_refusal(self.peer.ip(), &fp, key.algorithm.as_str(), Some(&who), &reason)
+                .record_refusal(
+                    self.peer.ip(),
+                    &fp,
+                    key.algorithm.as_str(),
+                    Some(&who),
+                    &reason,
+                )
                 .await;
             self.refused = Some(reason);
             // Accepted only so that the reason can be sent; see the module doc.
@@ -111,7 +133,9 @@ impl Handler for Connection {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         if self.caller.is_none() || self.refused.is_some() {
-            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
             return Ok(());
         }
         if self.channels.len() >= MAX_CHANNELS {
@@ -123,7 +147,11 @@ impl Handler for Connection {
         Ok(())
     }
 
-    async fn channel_close(&mut self, channel: ChannelId, _session: &mut Session) -> Result<(), Self::Error> {
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
         self.channels.retain(|c| *c != channel);
         self.running.retain(|c| *c != channel);
         Ok(())
@@ -145,11 +173,20 @@ impl Handler for Connection {
         Ok(())
     }
 
-    async fn shell_request(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         self.exec_request(channel, b"", session).await
     }
 
-    async fn exec_request(&mut self, channel: ChannelId, data: &[u8], session: &mut Session) -> Result<(), Self::Error> {
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         let Some((who, key)) = self.caller.clone() else {
             session.channel_failure(channel)?;
             return Ok(());
@@ -175,7 +212,9 @@ impl Handler for Connection {
                 let _ = handle.data(channel, out.stdout.into_bytes()).await;
             }
             if !out.stderr.is_empty() {
-                let _ = handle.extended_data(channel, 1, out.stderr.into_bytes()).await;
+                let _ = handle
+                    .extended_data(channel, 1, out.stderr.into_bytes())
+                    .await;
             }
             let _ = handle.exit_status_request(channel, out.status).await;
             let _ = handle.eof(channel).await;
