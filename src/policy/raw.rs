@@ -27,6 +27,7 @@ pub struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
+    /// A context for `text`, read from `file` (the name used in messages).
     pub fn new(file: &'a str, text: &'a str) -> Ctx<'a> {
         Ctx {
             file,
