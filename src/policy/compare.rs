@@ -20,12 +20,17 @@ impl Requirement {
     ///
     /// Operands are compared in this order of precedence:
     /// - both made of digits and dots (a text like `"14.10"`, a non-negative
-    ///   number, or a version literal): as dotted versions, part by part as
-    ///   integers, missing parts counting as 0 (`14.10 > 14.9`, `14 < 14.5`,
-    ///   `14.5 == 14.5.0`);
+    ///   number, or a literal written so: `14.5`, `14`, `"14.10"`): as dotted
+    ///   versions, part by part as integers, missing parts counting as 0
+    ///   (`14.10 > 14.9`, `14 < 14.5`, `14.5 == 14.5.0`);
     /// - both numbers: numerically (`3 == 3.0`);
     /// - text and a string literal: bytewise;
     /// - two booleans: `==` and `!=` only.
+    ///
+    /// Known limit: a float attribute against a plain literal is compared as
+    /// a version, so `0.25 >= 0.5` holds (25 > 5). To compare a fractional
+    /// metric numerically, write the literal as a float with an exponent,
+    /// e.g. `device.battery >= 5e-1`.
     ///
     /// Any other pairing, including `!=` across types, is
     /// [`Verdict::CannotCompare`]: a value of the wrong type never passes.
@@ -106,7 +111,8 @@ fn dotted_literal(literal: &Literal) -> Option<String> {
     match literal {
         Literal::Version(s) | Literal::Text(s) => dotted_number(s.clone()),
         Literal::Int(i) => dotted_number(i.to_string()),
-        Literal::Float(f) if f.is_finite() => dotted_number(f.to_string()),
+        // A float literal is written with a sign or an exponent (a plain
+        // `0.5` is a version), so it is never digits and dots as written.
         _ => None,
     }
 }
@@ -219,6 +225,20 @@ mod tests {
         assert_eq!(check("user.n > -0.5", AttrValue::Int(0)), Verdict::Pass);
         assert_eq!(
             check("user.n < -0.5", AttrValue::Float(-1.0)),
+            Verdict::Pass
+        );
+        assert_eq!(
+            check("user.n >= 5e-1", AttrValue::Float(0.25)),
+            Verdict::Fail
+        );
+        assert_eq!(
+            check("user.n >= 5e-1", AttrValue::Float(0.75)),
+            Verdict::Pass
+        );
+        assert_eq!(check("user.n < 1e1", AttrValue::Float(9.5)), Verdict::Pass);
+        // The documented limit: a plain literal compares as a version.
+        assert_eq!(
+            check("user.n >= 0.5", AttrValue::Float(0.25)),
             Verdict::Pass
         );
     }

@@ -55,6 +55,8 @@ pub fn group_list(
     groups.into_iter().collect()
 }
 
+/// A required principals list: non-empty, at most [`MAX_PRINCIPALS`], each
+/// passing [`check_principal`], no duplicates.
 pub fn principals(
     ctx: &mut Ctx<'_>,
     what: &str,
@@ -154,6 +156,7 @@ pub fn ttls(
     (ttl, max_ttl)
 }
 
+/// A reference to a posture profile, which must be defined in the file.
 pub fn profile_ref(
     ctx: &mut Ctx<'_>,
     what: &str,
@@ -213,6 +216,7 @@ pub fn network(ctx: &mut Ctx<'_>, what: &str, entry: &SpannedStr) -> Option<IpNe
     Some(net)
 }
 
+/// `source_address`: `"peer"` or a non-empty list of networks.
 pub fn source_address(
     ctx: &mut Ctx<'_>,
     what: &str,
@@ -244,6 +248,8 @@ pub fn source_address(
     }
 }
 
+/// `approval`: count at least 1 (default 1), approver groups, a timeout;
+/// warns when every approver group is also a requester group.
 pub fn approval(
     ctx: &mut Ctx<'_>,
     what: &str,
@@ -304,6 +310,7 @@ pub fn approval(
     })
 }
 
+/// A duration of whole seconds up to `limit`; `what` names the key in messages.
 pub fn parse_duration(
     ctx: &mut Ctx<'_>,
     what: &str,
@@ -319,6 +326,7 @@ pub fn parse_duration(
     }
 }
 
+/// Refuses a zero duration.
 pub fn positive(
     ctx: &mut Ctx<'_>,
     what: &str,

@@ -250,7 +250,10 @@ impl Policy {
         &self.warnings
     }
 
-    /// Evaluates one role; never panics. `now` is unix seconds (use snapshot.connection.at).
+    /// Evaluates one role against `snapshot`; never panics. The time of the
+    /// evaluation is `snapshot.connection.at` (unix seconds): posture report
+    /// ages are measured from it. Every rule is evaluated and recorded, see
+    /// [`Decision`]; an `Err` only for a role the policy does not define.
     pub fn evaluate(
         &self,
         role: &str,

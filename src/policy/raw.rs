@@ -27,6 +27,7 @@ pub struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
+    /// A context for `text`, read from `file` (the name used in messages).
     pub fn new(file: &'a str, text: &'a str) -> Ctx<'a> {
         Ctx {
             file,
@@ -167,7 +168,6 @@ pub struct Named<T> {
 pub struct RawDocument {
     /// `None` when `[ca]` is absent or had errors (then defaults apply).
     pub ca: Option<RawCa>,
-    pub ca_span: Option<Range<usize>>,
     pub profiles: Vec<Named<RawProfile>>,
     pub roles: Vec<Named<RawRole>>,
     pub notify: Option<StrList>,
@@ -189,13 +189,10 @@ pub fn read(ctx: &mut Ctx<'_>) -> RawDocument {
     for (key, value) in root.into_inner() {
         let span = key.span();
         match key.get_ref().as_ref() {
-            "ca" => {
-                doc.ca_span = Some(span);
-                doc.ca = table(ctx, "[ca]", value);
-            }
+            "ca" => doc.ca = table(ctx, "[ca]", value),
             "posture" => doc.profiles = named_tables(ctx, "posture", value),
             "role" => doc.roles = named_tables(ctx, "role", value),
-            "notify" => doc.notify = table_free(ctx, "notify", value),
+            "notify" => doc.notify = untabled(ctx, "notify", value),
             other => ctx.error(
                 span,
                 format!(
@@ -241,7 +238,7 @@ fn named_tables<T: DeserializeOwned>(
 }
 
 /// Deserializes a value that is not a table of keys (e.g. `notify`).
-fn table_free<T: DeserializeOwned>(
+fn untabled<T: DeserializeOwned>(
     ctx: &mut Ctx<'_>,
     what: &str,
     value: Spanned<DeValue<'_>>,
@@ -256,7 +253,12 @@ fn table_free<T: DeserializeOwned>(
     }
 }
 
-/// Deserializes one table, reporting every key serde refuses.
+/// How many refused keys one table reports before giving up on it; each
+/// retry re-reads the table, so this bounds the work on a garbled file.
+const MAX_TABLE_ERRORS: usize = 20;
+
+/// Deserializes one table, reporting every key serde refuses (up to
+/// [`MAX_TABLE_ERRORS`]).
 fn table<T: DeserializeOwned>(
     ctx: &mut Ctx<'_>,
     what: &str,
@@ -267,15 +269,22 @@ fn table<T: DeserializeOwned>(
         ctx.error(whole, format!("{what} must be a table"));
         return None;
     };
-    let mut failed = false;
+    let mut failed = 0;
     loop {
+        if failed == MAX_TABLE_ERRORS {
+            ctx.error(
+                whole,
+                format!("{what}: more than {MAX_TABLE_ERRORS} bad keys; fix these first"),
+            );
+            return None;
+        }
         let attempt = Spanned::new(whole.clone(), DeValue::Table(entries.clone()));
         let err = match T::deserialize(ValueDeserializer::from(attempt)) {
-            Ok(v) if !failed => return Some(v),
+            Ok(v) if failed == 0 => return Some(v),
             Ok(_) => return None,
             Err(e) => e,
         };
-        failed = true;
+        failed += 1;
         let span = err.span().unwrap_or(whole.clone());
 
         // Find the key the error is about, so it can be named and taken out.
@@ -379,5 +388,28 @@ mod tests {
             b.source_address.as_ref().unwrap().get_ref(),
             RawSourceAddress::List(l) if l.len() == 1
         ));
+    }
+
+    #[test]
+    fn deep_nesting_is_a_syntax_error_not_a_crash() {
+        let deep = vec!["a"; 100_000].join(".");
+        for text in [
+            format!("a = {}", "[".repeat(100_000)),
+            format!("a = {}", "{ b = ".repeat(100_000)),
+            format!("{deep} = 1"),
+            format!("[role.{deep}]"),
+        ] {
+            let (_, diags) = read_text(&text);
+            assert_eq!(diags.len(), 1);
+            assert!(diags[0].message.starts_with("TOML syntax error"));
+        }
+    }
+
+    #[test]
+    fn a_table_with_many_bad_keys_stops_after_the_cap() {
+        let keys: String = (0..100).map(|i| format!("k{i} = 1\n")).collect();
+        let (_, diags) = read_text(&format!("[ca]\n{keys}"));
+        assert_eq!(diags.len(), MAX_TABLE_ERRORS + 1);
+        assert!(diags[MAX_TABLE_ERRORS].message.contains("fix these first"));
     }
 }
