@@ -13,7 +13,7 @@ use std::str::FromStr;
 
 use russh::keys::ssh_key::LineEnding;
 use russh::keys::ssh_key::private::{KeypairData, RsaKeypair};
-use russh::keys::{Algorithm, HashAlg, PrivateKey, PublicKey};
+use russh::keys::{Algorithm, HashAlg, PrivateKey};
 
 use super::algorithm::{MIN_RSA_BITS, rsa_bits};
 use super::files::{
@@ -190,11 +190,6 @@ impl CaKey {
     /// The algorithm name, e.g. `ssh-ed25519` or `ssh-rsa`.
     pub fn algorithm(&self) -> String {
         self.key.algorithm().as_str().to_string()
-    }
-
-    /// The public half.
-    pub fn public_key(&self) -> &PublicKey {
-        self.key.public_key()
     }
 
     /// The private key, for signing.

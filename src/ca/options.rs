@@ -10,25 +10,12 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-/// The most principals one certificate may carry.
-pub const MAX_PRINCIPALS: usize = 256;
-
-/// The longest principal accepted, in bytes.
-pub const MAX_PRINCIPAL_BYTES: usize = 256;
-
-/// The critical options jitca emits (PROTOCOL.certkeys, "Critical options").
-pub const KNOWN_CRITICAL_OPTIONS: &[&str] = &["force-command", "source-address", "verify-required"];
-
-/// The extensions OpenSSH defines (PROTOCOL.certkeys, "Extensions").
-/// Vendor extensions of the form `NAME@DOMAIN` are accepted as well.
-pub const KNOWN_EXTENSIONS: &[&str] = &[
-    "no-touch-required",
-    "permit-X11-forwarding",
-    "permit-agent-forwarding",
-    "permit-port-forwarding",
-    "permit-pty",
-    "permit-user-rc",
-];
+// One rule for what a principal, an extension name and a force-command may
+// be: the policy validates a role with it at load time, and the builder
+// checks every certificate with it again before signing.
+use crate::policy::principal::{
+    MAX_PRINCIPALS, STANDARD_EXTENSIONS, check_extension, check_force_command, check_principal,
+};
 
 /// The longest `source-address` entry `sshd` parses: an IPv6 address in text
 /// plus `/128`.
@@ -75,20 +62,14 @@ pub enum OptionError {
 
     #[error(
         "extension {name:?} is not known: use one of {}, or a vendor name of the form NAME@DOMAIN",
-        KNOWN_EXTENSIONS.join(", ")
+        STANDARD_EXTENSIONS.join(", ")
     )]
     UnknownExtension { name: String },
 }
 
-/// True if and only if `principal` is 1 to [`MAX_PRINCIPAL_BYTES`] bytes with
-/// no `,` (the list separator in `sshd`'s `AuthorizedPrincipals*`), no
-/// wildcard (`*`, `?`, `!`), no whitespace and no control character.
+/// True if and only if `principal` passes [`check_principal`].
 pub(crate) fn principal_is_safe(principal: &str) -> bool {
-    !principal.is_empty()
-        && principal.len() <= MAX_PRINCIPAL_BYTES
-        && !principal
-            .chars()
-            .any(|c| matches!(c, ',' | '*' | '?' | '!') || c.is_whitespace() || c.is_control())
+    check_principal(principal).is_ok()
 }
 
 /// Checks a certificate's principal list: non-empty (PROTOCOL.certkeys: an
@@ -120,7 +101,7 @@ pub(crate) fn check_principals(principals: &[String]) -> Result<(), OptionError>
     Ok(())
 }
 
-/// Checks critical options: only the names in [`KNOWN_CRITICAL_OPTIONS`]
+/// Checks critical options: only `force-command`, `source-address` and `verify-required`
 /// (a verifier must refuse a certificate with a critical option it does not
 /// recognise, PROTOCOL.certkeys), each with a value of the right shape.
 pub(crate) fn check_critical_options(
@@ -129,7 +110,7 @@ pub(crate) fn check_critical_options(
     for (name, value) in options {
         match name.as_str() {
             "force-command" => {
-                if value.is_empty() || value.chars().any(char::is_control) {
+                if check_force_command(value).is_err() {
                     return Err(OptionError::BadForceCommand {
                         value: value.clone(),
                     });
@@ -197,30 +178,16 @@ pub fn check_source_address(value: &str) -> Result<(), OptionError> {
     Ok(())
 }
 
-/// Checks extension names: one of [`KNOWN_EXTENSIONS`] or a vendor name
-/// `NAME@DOMAIN`. A misspelt extension would silently grant nothing, so it
+/// Checks extension names with [`check_extension`]: a standard one or a
+/// vendor name `NAME@DOMAIN`. A misspelt extension would silently grant nothing, so it
 /// is refused.
 pub(crate) fn check_extensions(extensions: &BTreeSet<String>) -> Result<(), OptionError> {
     for name in extensions {
-        if !KNOWN_EXTENSIONS.contains(&name.as_str()) && !is_vendor_name(name) {
+        if check_extension(name).is_err() {
             return Err(OptionError::UnknownExtension { name: name.clone() });
         }
     }
     Ok(())
-}
-
-/// True if and only if `name` has the form `NAME@DOMAIN`, both parts
-/// non-empty and of `A-Z a-z 0-9 . _ -`.
-fn is_vendor_name(name: &str) -> bool {
-    let part_ok = |p: &str| {
-        !p.is_empty()
-            && p.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    };
-    match name.split_once('@') {
-        Some((local, domain)) => part_ok(local) && part_ok(domain),
-        None => false,
-    }
 }
 
 #[cfg(test)]

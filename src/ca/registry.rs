@@ -25,7 +25,6 @@ pub struct CaKeyRow {
     pub id: i64,
     pub fingerprint: String,
     pub algorithm: String,
-    pub public_key: String,
     pub file: String,
     pub state: String,
     pub created_at: i64,
@@ -36,14 +35,13 @@ fn row(r: &rusqlite::Row) -> rusqlite::Result<CaKeyRow> {
         id: r.get(0)?,
         fingerprint: r.get(1)?,
         algorithm: r.get(2)?,
-        public_key: r.get(3)?,
-        file: r.get(4)?,
-        state: r.get(5)?,
-        created_at: r.get(6)?,
+        file: r.get(3)?,
+        state: r.get(4)?,
+        created_at: r.get(5)?,
     })
 }
 
-const COLUMNS: &str = "id, fingerprint, algorithm, public_key, file, state, created_at";
+const COLUMNS: &str = "id, fingerprint, algorithm, file, state, created_at";
 
 /// The active key's row, if there is one.
 pub fn active(conn: &Connection) -> Result<Option<CaKeyRow>, StoreError> {

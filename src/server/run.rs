@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
+use std::time::Duration;
 
 use russh::keys::PublicKey;
 
@@ -51,16 +52,14 @@ pub async fn run_command(
                 Ok(Reply::Issued(i)) => Output {
                     stdout: format!("{}\n", i.line),
                     stderr: format!(
-                        "issued certificate serial {} for {} ({}), valid for {} until {}\nkey id {}\n",
+                        "issued certificate serial {} for {} ({role}), valid for {}: from {} to {}\nkey id {}\n",
                         i.serial,
                         i.principals.join(", "),
-                        role,
-                        human(std::time::Duration::from_secs(
+                        human(Duration::from_secs(
                             i.valid_before.saturating_sub(now_unix().max(0) as u64)
                         )),
-                        humantime::format_rfc3339_seconds(
-                            std::time::UNIX_EPOCH + std::time::Duration::from_secs(i.valid_before)
-                        ),
+                        rfc3339(i.valid_after),
+                        rfc3339(i.valid_before),
                         i.key_id
                     ),
                     status: exit::OK,
@@ -155,6 +154,10 @@ pub async fn run_command(
             Err(e) => request_error(RequestError::Internal(e)),
         },
     }
+}
+
+fn rfc3339(unix: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(unix)).to_string()
 }
 
 fn list_or_none(items: &[String]) -> String {
