@@ -4,6 +4,7 @@
 //! over to [`cli`].
 #![forbid(unsafe_code)]
 
+mod approval;
 mod audit;
 mod ca;
 mod cli;

@@ -168,6 +168,51 @@ pub fn evaluate(
     }
 }
 
+/// Evaluates whether the caller in `snapshot` may decide a request for
+/// `role` made by `requester`: an active user on an active device, not the
+/// requester, in one of the role's approver groups, on a device that passes
+/// the role's `approver_posture`. Every rule is evaluated and returned.
+pub fn evaluate_approver(
+    policy: &Policy,
+    role: &Role,
+    snapshot: &Snapshot,
+    requester: &str,
+) -> Vec<RuleResult> {
+    let user = &snapshot.user;
+    let mut rules = vec![
+        status_rule("approver is active", user.status),
+        status_rule("approver's device is active", snapshot.device.status),
+        RuleResult {
+            rule: "approver is not the requester".to_string(),
+            passed: user.name != requester,
+            seen: format!("approver {}, requester {requester}", user.name),
+        },
+    ];
+    match &role.approval {
+        Some(approval) => rules.push(RuleResult {
+            rule: format!("approver in one of [{}]", approval.approvers.join(", ")),
+            passed: approval.approvers.iter().any(|g| user.groups.contains(g)),
+            seen: format!("groups [{}]", user.groups.join(", ")),
+        }),
+        None => rules.push(RuleResult {
+            rule: format!("role {} takes approvals", role.name),
+            passed: false,
+            seen: "the role has no approval rule".to_string(),
+        }),
+    }
+    if let Some(name) = &role.approver_posture {
+        match policy.profile(name) {
+            Some(profile) => posture_rules(profile, snapshot, policy.backdate(), &mut rules),
+            None => rules.push(RuleResult {
+                rule: format!("posture {name}: profile is defined"),
+                passed: false,
+                seen: "not in the policy".to_string(),
+            }),
+        }
+    }
+    rules
+}
+
 fn status_rule(rule: &str, status: Status) -> RuleResult {
     RuleResult {
         rule: rule.to_string(),
@@ -542,6 +587,26 @@ break_glass = true
         assert!(matches!(decision.outcome, Outcome::Deny));
         let failed: Vec<RuleResult> = decision.failed().cloned().collect();
         assert_eq!(failed, [rule("a reason is given", "none given")]);
+    }
+
+    #[test]
+    fn approvers_must_be_in_a_group_not_the_requester_and_on_a_passing_device() {
+        let policy = policy();
+        let role = policy.role("reviewed").unwrap();
+        let mut approver = snapshot();
+        approver.user.name = "bob".into();
+        approver.user.groups = vec!["leads".into()];
+        let rules = evaluate_approver(&policy, role, &approver, "alice");
+        assert!(rules.iter().all(|r| r.passed), "{rules:?}");
+
+        let own = evaluate_approver(&policy, role, &approver, "bob");
+        let failed: Vec<_> = own.iter().filter(|r| !r.passed).map(|r| r.rule.as_str()).collect();
+        assert_eq!(failed, ["approver is not the requester"]);
+
+        approver.user.groups = vec!["dba".into()];
+        let outsider = evaluate_approver(&policy, role, &approver, "alice");
+        let failed: Vec<_> = outsider.iter().filter(|r| !r.passed).map(|r| r.rule.as_str()).collect();
+        assert_eq!(failed, ["approver in one of [leads]"]);
     }
 
     #[test]

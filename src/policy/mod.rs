@@ -263,6 +263,23 @@ impl Policy {
         Ok(evaluate::evaluate(self, found, snapshot, request))
     }
 
+    /// Evaluates whether the caller in `snapshot` may approve or deny a
+    /// request for `role` made by `requester`; see [`evaluate::evaluate_approver`].
+    pub fn evaluate_approver(
+        &self,
+        role: &str,
+        snapshot: &Snapshot,
+        requester: &str,
+    ) -> Result<Vec<RuleResult>, UnknownRole> {
+        let Some(found) = self.roles.get(role) else {
+            return Err(UnknownRole {
+                role: role.to_string(),
+                known: self.roles.keys().cloned().collect(),
+            });
+        };
+        Ok(evaluate::evaluate_approver(self, found, snapshot, requester))
+    }
+
     fn profile(&self, name: &str) -> Option<&PostureProfile> {
         self.profiles.get(name)
     }

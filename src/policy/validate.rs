@@ -22,6 +22,9 @@ pub const DEFAULT_BACKDATE: Duration = Duration::from_secs(120);
 pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(8 * 3600);
 /// The largest backdate accepted: it only has to cover clock skew.
 pub const BACKDATE_LIMIT: Duration = Duration::from_secs(3600);
+/// The longest certificate a break-glass role may grant: it is used without
+/// an approver, so what it hands out must be short.
+pub const BREAK_GLASS_MAX_TTL: Duration = Duration::from_secs(3600);
 
 /// Validates a raw document; `Err` holds every problem found in both stages.
 pub fn build(mut ctx: Ctx<'_>, doc: RawDocument, sha256: String) -> Result<Policy, PolicyError> {
@@ -202,6 +205,19 @@ fn role(
         .as_ref()
         .and_then(|a| approval(ctx, &what, a, &groups));
     let break_glass = raw.break_glass.as_ref().is_some_and(|b| *b.get_ref());
+    if let (true, Some(max)) = (break_glass, max_ttl) {
+        if max > BREAK_GLASS_MAX_TTL {
+            let span = raw.max_ttl.as_ref().or(raw.ttl.as_ref()).map(|v| v.span());
+            ctx.error(
+                span.unwrap_or_else(|| head.clone()),
+                format!(
+                    "{what}: a break_glass role may grant at most {}, but its max_ttl is {}: lower max_ttl",
+                    super::duration::format(BREAK_GLASS_MAX_TTL),
+                    super::duration::format(max)
+                ),
+            );
+        }
+    }
     if let (true, Some(a)) = (break_glass, &raw.approval) {
         ctx.error(
             a.span(),
@@ -452,6 +468,12 @@ approval = { count = 1, approvers = ["dba-leads"], timeout = "30m" }
                 "x@example.com"
             ]
         );
+    }
+
+    #[test]
+    fn break_glass_max_ttl_is_capped() {
+        let text = "[role.r]\ngroups = [\"g\"]\nprincipals = [\"x\"]\nttl = \"5m\"\nmax_ttl = \"2h\" # <-\nbreak_glass = true\n";
+        contains(&expect_one_error(text), "a break_glass role may grant at most 1h");
     }
 
     #[test]

@@ -97,4 +97,38 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER audit_append_only_delete BEFORE DELETE ON audit
         BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
     "#,
+    // 2: approvals: pending requests, each approver's verdict, and the
+    // certificate text so that a delivered certificate can be sent again.
+    r#"
+    CREATE TABLE requests (
+        id          TEXT PRIMARY KEY,
+        user_id     INTEGER NOT NULL REFERENCES users(id),
+        device_id   INTEGER NOT NULL REFERENCES devices(id),
+        role        TEXT NOT NULL,
+        reason      TEXT,
+        ttl_secs    INTEGER,
+        needed      INTEGER NOT NULL CHECK (needed >= 1),
+        state       TEXT NOT NULL
+                    CHECK (state IN ('pending', 'approved', 'denied', 'expired', 'issued')),
+        created_at  INTEGER NOT NULL,
+        deadline    INTEGER NOT NULL,
+        decided_at  INTEGER,
+        outcome     TEXT,
+        serial      INTEGER,
+        snapshot    TEXT NOT NULL
+    );
+    CREATE INDEX requests_by_state ON requests(state, deadline);
+    CREATE INDEX requests_by_user ON requests(user_id, created_at);
+    CREATE TABLE approvals (
+        request_id  TEXT NOT NULL REFERENCES requests(id),
+        approver_id INTEGER NOT NULL REFERENCES users(id),
+        device_id   INTEGER NOT NULL REFERENCES devices(id),
+        verdict     TEXT NOT NULL CHECK (verdict IN ('approve', 'deny')),
+        comment     TEXT,
+        at          INTEGER NOT NULL,
+        PRIMARY KEY (request_id, approver_id)
+    ) WITHOUT ROWID;
+    ALTER TABLE certificates ADD COLUMN certificate TEXT;
+    CREATE INDEX certificates_by_request ON certificates(request_id);
+    "#,
 ];
