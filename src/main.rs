@@ -10,6 +10,7 @@ mod ca;
 mod cli;
 mod inventory;
 mod model;
+mod notify;
 mod policy;
 mod server;
 mod store;

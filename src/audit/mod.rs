@@ -116,6 +116,8 @@ pub struct Filter {
     pub user: Option<String>,
     pub since: Option<i64>,
     pub kind: Option<String>,
+    /// Only records flagged as uses of a break-glass role.
+    pub break_glass: bool,
     pub limit: Option<i64>,
 }
 
@@ -142,6 +144,7 @@ pub fn list(conn: &Connection, filter: &Filter) -> Result<Vec<Record>, StoreErro
     let sql = format!(
         "SELECT {COLUMNS} FROM audit
          WHERE (?1 IS NULL OR user = ?1) AND (?2 IS NULL OR at >= ?2) AND (?3 IS NULL OR kind = ?3)
+           AND (?5 = 0 OR json_extract(body, '$.break_glass') = 1)
          ORDER BY seq LIMIT ?4"
     );
     let mut stmt = conn.prepare(&sql)?;
@@ -150,7 +153,8 @@ pub fn list(conn: &Connection, filter: &Filter) -> Result<Vec<Record>, StoreErro
             filter.user,
             filter.since,
             filter.kind,
-            filter.limit.unwrap_or(-1)
+            filter.limit.unwrap_or(-1),
+            filter.break_glass
         ],
         record,
     )?;
@@ -250,6 +254,27 @@ mod tests {
             let ev = Event::new("denied", json!({"i": i})).user("alice");
             append(conn, 100 + i, &ev).unwrap();
         }
+    }
+
+    #[test]
+    fn break_glass_records_can_be_listed_alone() {
+        let (_d, conn) = db();
+        fill(&conn, 2);
+        append(
+            &conn,
+            300,
+            &Event::new("issued", json!({"break_glass": true})),
+        )
+        .unwrap();
+        let only = list(
+            &conn,
+            &Filter {
+                break_glass: true,
+                ..Filter::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(only.iter().map(|r| r.seq).collect::<Vec<_>>(), [3]);
     }
 
     #[test]

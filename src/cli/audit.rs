@@ -22,6 +22,9 @@ pub enum AuditCommand {
         /// Only records of this kind (issued, denied, auth-refused, ...)
         #[arg(long)]
         kind: Option<String>,
+        /// Only uses of break-glass roles
+        #[arg(long)]
+        break_glass: bool,
         /// One JSON object per line
         #[arg(long)]
         json: bool,
@@ -46,6 +49,7 @@ pub fn audit(paths: &Paths, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             user,
             since,
             kind,
+            break_glass,
             json,
         } => {
             let records = audit::list(
@@ -54,6 +58,7 @@ pub fn audit(paths: &Paths, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                     user,
                     since,
                     kind,
+                    break_glass,
                     limit: None,
                 },
             )?;

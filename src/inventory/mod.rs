@@ -230,6 +230,25 @@ pub fn set_membership(
     Ok(true)
 }
 
+/// Names of the active users in any of `groups`, except `except_user`, sorted.
+pub fn active_members(
+    conn: &Connection,
+    groups: &[String],
+    except_user: i64,
+) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT DISTINCT u.name FROM users u JOIN user_groups g ON g.user_id = u.id
+         WHERE g.grp = ?1 AND u.status = 'active' AND u.id != ?2",
+    )?;
+    let mut names = std::collections::BTreeSet::new();
+    for g in groups {
+        for n in stmt.query_map(params![g, except_user], |r| r.get::<_, String>(0))? {
+            names.insert(n?);
+        }
+    }
+    Ok(names.into_iter().collect())
+}
+
 /// A user as `user list` and `user show` print it.
 #[derive(Debug, Serialize)]
 pub struct UserInfo {

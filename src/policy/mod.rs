@@ -220,8 +220,6 @@ impl Policy {
     }
 
     /// The role named `name`, if the policy defines it.
-    // Read by the approval workflow, which lands after issuance.
-    #[allow(dead_code)]
     pub fn role(&self, name: &str) -> Option<&Role> {
         self.roles.get(name)
     }
@@ -232,8 +230,6 @@ impl Policy {
     }
 
     /// The notification program and its arguments (`notify`), if configured.
-    // Read by the approval workflow's notifier, which lands after issuance.
-    #[allow(dead_code)]
     pub fn notify(&self) -> Option<&[String]> {
         self.notify.as_deref()
     }
@@ -277,7 +273,9 @@ impl Policy {
                 known: self.roles.keys().cloned().collect(),
             });
         };
-        Ok(evaluate::evaluate_approver(self, found, snapshot, requester))
+        Ok(evaluate::evaluate_approver(
+            self, found, snapshot, requester,
+        ))
     }
 
     fn profile(&self, name: &str) -> Option<&PostureProfile> {

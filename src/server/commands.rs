@@ -18,8 +18,12 @@ pub mod exit {
     pub const INTERNAL: u32 = 1;
     /// The command line was not understood, or named an unknown role.
     pub const USAGE: u32 = 2;
-    /// The policy refused the request.
+    /// The policy, or an approver, refused the request.
     pub const DENIED: u32 = 3;
+    /// The request waits for approval; nothing was issued yet.
+    pub const PENDING: u32 = 4;
+    /// The request expired before it was decided or fetched.
+    pub const EXPIRED: u32 = 5;
 }
 
 /// The longest command line accepted, in bytes.
@@ -34,7 +38,7 @@ pub const MAX_REASON_CHARS: usize = 500;
     disable_version_flag = true,
     color = clap::ColorChoice::Never,
     about = "jitca: just-in-time SSH certificates. Run these as `ssh -p PORT CA-HOST COMMAND`.",
-    after_help = "Exit status: 0 issued/ok, 1 internal error, 2 usage error, 3 denied."
+    after_help = "Exit status: 0 issued/ok, 1 internal error, 2 usage error, 3 denied, 4 pending approval, 5 expired."
 )]
 pub struct Remote {
     #[command(subcommand)]
@@ -53,6 +57,42 @@ pub enum Command {
         /// Why you need access (e.g. a ticket); recorded in the audit log
         #[arg(long, value_parser = parse_reason)]
         reason: Option<String>,
+        /// If the role needs approval, stay connected until it is decided
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Get the certificate of your approved request ID
+    Fetch {
+        /// The request id (r-...)
+        id: String,
+        /// Stay connected until the request is decided
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Your requests and live certificates
+    Status,
+    /// Requests you may approve or deny
+    Pending,
+    /// One request in full
+    Show {
+        /// The request id (r-...)
+        id: String,
+    },
+    /// Approve request ID
+    Approve {
+        /// The request id (r-...)
+        id: String,
+        /// A note for the audit log
+        #[arg(long, value_parser = parse_reason)]
+        comment: Option<String>,
+    },
+    /// Deny request ID; one denial ends it
+    Deny {
+        /// The request id (r-...)
+        id: String,
+        /// Why, shown to the requester
+        #[arg(long, required = true, value_parser = parse_reason)]
+        reason: String,
     },
     /// Show what the CA knows about you and your device
     Whoami,
@@ -173,7 +213,9 @@ mod tests {
     #[test]
     fn request_takes_quoted_reason_and_ttl() {
         match run("request prod-db --ttl 15m --reason 'INC-42: disk full'") {
-            Command::Request { role, ttl, reason } => {
+            Command::Request {
+                role, ttl, reason, ..
+            } => {
                 assert_eq!(role, "prod-db");
                 assert_eq!(ttl, Some(Duration::from_secs(900)));
                 assert_eq!(reason.as_deref(), Some("INC-42: disk full"));

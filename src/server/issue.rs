@@ -9,11 +9,12 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use russh::keys::{HashAlg, PublicKey};
 use serde_json::json;
 
 use super::State;
+use crate::approval::{self, NewRequest};
 use crate::audit::{self, Event};
 use crate::ca::cert::{CertRequest, certificate_line, key_id, sign_certificate, validity};
 use crate::ca::registry::Signers;
@@ -29,6 +30,8 @@ pub enum Reply {
     Issued(Issued),
     /// Refused by policy; every rule is in the decision.
     Denied(Decision),
+    /// Stored, waiting for approvers.
+    Pending(Pending),
 }
 
 /// An issued certificate.
@@ -40,6 +43,18 @@ pub struct Issued {
     pub valid_after: u64,
     pub valid_before: u64,
     pub principals: Vec<String>,
+    /// True when this is a certificate issued earlier, sent again.
+    pub again: bool,
+}
+
+/// A request now waiting for approval.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub id: String,
+    pub role: String,
+    pub needed: u32,
+    pub groups: Vec<String>,
+    pub deadline: i64,
 }
 
 /// Why a request could not be decided.
@@ -67,7 +82,8 @@ pub async fn snapshot(
     Ok((policy, snap))
 }
 
-/// Handles `request ROLE`: decides, and signs when the policy allows.
+/// Handles `request ROLE`: decides; signs when the policy allows, stores a
+/// pending request when the role needs approval.
 pub async fn request(
     state: &State,
     who: &Identity,
@@ -78,24 +94,124 @@ pub async fn request(
 ) -> Result<Reply, RequestError> {
     let (policy, snap) = snapshot(state, who, peer).await?;
     let decision = policy.evaluate(role, &snap, &params)?;
+    let break_glass = policy.role(role).is_some_and(|r| r.break_glass);
     let grant = match &decision.outcome {
         Outcome::Allow(grant) => grant.clone(),
-        Outcome::Deny | Outcome::NeedsApproval { .. } => {
-            record_denial(state, snap, decision.clone(), params).await?;
+        Outcome::Deny => {
+            record_denial(state, snap, decision.clone(), params, None).await?;
             return Ok(Reply::Denied(decision));
+        }
+        Outcome::NeedsApproval { approval, .. } => {
+            let approval = approval.clone();
+            let body = json!({
+                "snapshot": snap,
+                "decision": decision,
+                "request": request_json(&params),
+            });
+            let now = now_unix();
+            let deadline = now.saturating_add(approval.timeout.as_secs() as i64);
+            let (uid, did) = (who.user_id, who.device_id);
+            let (user, device, role_name) =
+                (who.user.clone(), who.device.clone(), role.to_string());
+            let reason = params.reason.clone();
+            let ttl_secs = params.ttl.map(|t| t.as_secs());
+            let needed = approval.count;
+            let id = state
+                .writer
+                .run(move |conn| {
+                    let new = NewRequest {
+                        user_id: uid,
+                        user: &user,
+                        device_id: did,
+                        device: &device,
+                        role: &role_name,
+                        reason: reason.as_deref(),
+                        ttl_secs,
+                        needed,
+                        deadline,
+                        body,
+                    };
+                    approval::create(conn, &new, now)
+                })
+                .await?;
+            tracing::info!(user = %who.user, device = %who.device, role, request = %id, "pending approval");
+            state.notify(json!({
+                "event": "pending", "request_id": id, "role": role, "user": who.user,
+                "device": who.device, "reason": params.reason, "approvers": approval.approvers,
+                "needed": approval.count, "deadline": deadline, "at": now,
+            }));
+            return Ok(Reply::Pending(Pending {
+                id,
+                role: role.to_string(),
+                needed: approval.count,
+                groups: approval.approvers,
+                deadline,
+            }));
         }
     };
 
-    let signers = state.signers.clone();
-    let subject = subject.clone();
-    let issued = state
-        .writer
-        .run(move |conn| issue(conn, &signers, &subject, snap, decision, grant, params))
-        .await?;
+    let spec = Spec {
+        snap,
+        decision,
+        grant,
+        params,
+        request_id: None,
+        break_glass,
+    };
+    let issued = sign_in_writer(state, subject, spec).await?;
     tracing::info!(
         user = %who.user, device = %who.device, role, serial = issued.serial,
-        key_id = %issued.key_id, "issued"
+        key_id = %issued.key_id, break_glass, "issued"
     );
+    if break_glass {
+        state.notify(json!({
+            "event": "break-glass", "role": role, "user": who.user, "device": who.device,
+            "serial": issued.serial, "key_id": issued.key_id, "at": now_unix(),
+        }));
+    }
+    Ok(Reply::Issued(issued))
+}
+
+/// Issues the certificate of an approved request, after checking the
+/// requester's membership and posture again with a fresh snapshot. A
+/// request already issued gets the same certificate again.
+pub async fn issue_approved(
+    state: &State,
+    who: &Identity,
+    subject: &PublicKey,
+    peer: IpAddr,
+    req: &approval::Request,
+) -> Result<Reply, RequestError> {
+    let (policy, snap) = snapshot(state, who, peer).await?;
+    let params = RequestParams {
+        ttl: req.ttl_secs.map(std::time::Duration::from_secs),
+        reason: req.reason.clone(),
+    };
+    let mut decision = policy.evaluate(&req.role, &snap, &params)?;
+    let grant = match &decision.outcome {
+        Outcome::Allow(g) | Outcome::NeedsApproval { grant: g, .. } => g.clone(),
+        Outcome::Deny => {
+            record_denial(state, snap, decision.clone(), params, Some(req.id.clone())).await?;
+            return Ok(Reply::Denied(decision));
+        }
+    };
+    // The approvers have spoken: what is issued now is the grant itself.
+    decision.outcome = Outcome::Allow(grant.clone());
+    let spec = Spec {
+        snap,
+        decision,
+        grant,
+        params,
+        request_id: Some(req.id.clone()),
+        break_glass: false,
+    };
+    let issued = sign_in_writer(state, subject, spec).await?;
+    if !issued.again {
+        tracing::info!(
+            user = %who.user, device = %who.device, role = %req.role, request = %req.id,
+            serial = issued.serial, key_id = %issued.key_id, "issued after approval"
+        );
+    }
     Ok(Reply::Issued(issued))
 }
 
@@ -104,13 +220,14 @@ async fn record_denial(
     snap: Snapshot,
     decision: Decision,
     params: RequestParams,
+    request_id: Option<String>,
 ) -> Result<(), StoreError> {
     let failed: Vec<&str> = decision.failed().map(|r| r.rule.as_str()).collect();
     tracing::info!(
         user = %snap.user.name, device = %snap.device.name, role = %decision.role,
-        failed = ?failed, "denied"
+        request = ?request_id, failed = ?failed, "denied"
     );
-    let event = Event::new(
+    let mut event = Event::new(
         "denied",
         json!({
             "snapshot": snap,
@@ -121,6 +238,7 @@ async fn record_denial(
     .user(&snap.user.name)
     .device(&snap.device.name)
     .role(&decision.role);
+    event.request_id = request_id;
     let at = snap.connection.at;
     state
         .writer
@@ -133,6 +251,29 @@ fn request_json(params: &RequestParams) -> serde_json::Value {
         "ttl": params.ttl.map(|t| humantime::format_duration(t).to_string()),
         "reason": params.reason,
     })
+}
+
+/// Everything one issuance is based on.
+struct Spec {
+    snap: Snapshot,
+    decision: Decision,
+    grant: Grant,
+    params: RequestParams,
+    request_id: Option<String>,
+    break_glass: bool,
+}
+
+async fn sign_in_writer(
+    state: &State,
+    subject: &PublicKey,
+    spec: Spec,
+) -> Result<Issued, StoreError> {
+    let signers = state.signers.clone();
+    let subject = subject.clone();
+    state
+        .writer
+        .run(move |conn| issue(conn, &signers, &subject, spec))
+        .await
 }
 
 /// Next serial: one more than the highest ever issued. Runs in the writer's
@@ -148,21 +289,84 @@ fn next_serial(conn: &Connection) -> Result<u64, StoreError> {
         .ok_or_else(|| StoreError::invalid("certificate serials are exhausted"))
 }
 
+/// The certificate already issued for a request, if any.
+fn already_issued(conn: &Connection, request_id: &str) -> Result<Option<Issued>, StoreError> {
+    let row = conn
+        .prepare_cached(
+            "SELECT serial, key_id, valid_after, valid_before, principals, certificate
+             FROM certificates WHERE request_id = ?1",
+        )?
+        .query_row([request_id], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, Option<String>>(5)?,
+            ))
+        })
+        .optional()?;
+    Ok(
+        row.map(|(serial, key_id, va, vb, principals, line)| Issued {
+            line: line.unwrap_or_default(),
+            serial: serial as u64,
+            key_id,
+            valid_after: va as u64,
+            valid_before: vb as u64,
+            principals: serde_json::from_str(&principals).unwrap_or_default(),
+            again: true,
+        }),
+    )
+}
+
 /// Signs and records one certificate; runs inside the writer's transaction.
 fn issue(
     conn: &Connection,
     signers: &Signers,
     subject: &PublicKey,
-    snap: Snapshot,
-    decision: Decision,
-    grant: Grant,
-    params: RequestParams,
+    spec: Spec,
 ) -> Result<Issued, StoreError> {
+    let now = now_unix();
+    if let Some(id) = &spec.request_id {
+        // Re-read the request under the write lock: a racing fetch may have
+        // issued it, or its window may have closed, since it was read.
+        let Some(mut req) = approval::load(conn, id)? else {
+            return Err(StoreError::invalid(format!("there is no request {id}")));
+        };
+        approval::expire_if_due(conn, &mut req, now)?;
+        match req.state {
+            approval::State::Approved => {}
+            approval::State::Issued => {
+                return already_issued(conn, id)?
+                    .filter(|i| !i.line.is_empty())
+                    .ok_or_else(|| {
+                        StoreError::invalid(format!(
+                            "request {id} was issued, but its certificate is gone"
+                        ))
+                    });
+            }
+            other => {
+                return Err(StoreError::invalid(format!(
+                    "request {id} is {}, not approved",
+                    other.as_str()
+                )));
+            }
+        }
+    }
+
+    let Spec {
+        snap,
+        decision,
+        grant,
+        params,
+        request_id,
+        break_glass,
+    } = spec;
     let (ca_id, ca) = signers.active(conn)?;
     let serial = next_serial(conn)?;
     let id = key_id(&snap.user.name, &snap.device.name, &decision.role, serial);
     // The validity window starts now, at issuance, not when the snapshot was taken.
-    let now = now_unix();
     let (valid_after, valid_before) = validity(now as u64, grant.backdate, grant.ttl)
         .map_err(|e| StoreError::invalid(e.to_string()))?;
     let cert = sign_certificate(
@@ -192,42 +396,60 @@ fn issue(
         "ca_fingerprint": ca.fingerprint(),
         "subject_fingerprint": subject.fingerprint(HashAlg::Sha256).to_string(),
     });
-    let event = Event::new(
-        "issued",
-        json!({
-            "snapshot": snap,
-            "decision": decision,
-            "request": request_json(&params),
-            "certificate": certificate,
-        }),
-    )
-    .user(&snap.user.name)
-    .device(&snap.device.name)
-    .role(&decision.role);
+    let mut body = json!({
+        "snapshot": snap,
+        "decision": decision,
+        "request": request_json(&params),
+        "certificate": certificate,
+    });
+    if break_glass {
+        body["break_glass"] = json!(true);
+    }
+    if let Some(rid) = &request_id {
+        let approvers: Vec<String> = approval::verdicts(conn, rid)?
+            .into_iter()
+            .filter(|v| v.approve)
+            .map(|v| v.approver)
+            .collect();
+        body["approvers"] = json!(approvers);
+    }
+    let mut event = Event::new("issued", body)
+        .user(&snap.user.name)
+        .device(&snap.device.name)
+        .role(&decision.role);
+    event.request_id = request_id.clone();
     let seq = audit::append(conn, now, &event)?;
     let principals = serde_json::to_string(&grant.principals).unwrap_or_default();
-    let inserted = conn.prepare_cached(
-        "INSERT INTO certificates (serial, key_id, user_id, device_id, role, ca_key_id, principals,
-                                   valid_after, valid_before, issued_at, audit_seq)
-         SELECT ?1, ?2, d.user_id, d.id, ?3, ?4, ?5, ?6, ?7, ?8, ?9 FROM devices d WHERE d.name = ?10",
-    )?
-    .execute(params![
-        serial as i64,
-        id,
-        decision.role,
-        ca_id,
-        principals,
-        valid_after as i64,
-        valid_before as i64,
-        now,
-        seq,
-        snap.device.name
-    ])?;
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO certificates (serial, key_id, user_id, device_id, role, ca_key_id, principals,
+                                   valid_after, valid_before, issued_at, audit_seq, request_id,
+                                   certificate)
+         SELECT ?1, ?2, d.user_id, d.id, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?11, ?12
+         FROM devices d WHERE d.name = ?10",
+        )?
+        .execute(params![
+            serial as i64,
+            id,
+            decision.role,
+            ca_id,
+            principals,
+            valid_after as i64,
+            valid_before as i64,
+            now,
+            seq,
+            snap.device.name,
+            request_id,
+            line
+        ])?;
     if inserted != 1 {
         return Err(StoreError::invalid(format!(
             "device {} was removed while its certificate was being issued",
             snap.device.name
         )));
+    }
+    if let Some(rid) = &request_id {
+        approval::mark_issued(conn, rid, serial, now)?;
     }
     Ok(Issued {
         line,
@@ -236,5 +458,6 @@ fn issue(
         valid_after,
         valid_before,
         principals: grant.principals,
+        again: false,
     })
 }

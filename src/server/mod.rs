@@ -4,6 +4,7 @@
 //! [`session::Connection`] handler. Data flows one way: connection →
 //! identity → snapshot → decision → issuance → audit → reply.
 
+mod approve;
 pub mod commands;
 pub mod issue;
 mod limits;
@@ -13,18 +14,20 @@ mod session;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use russh::keys::PrivateKey;
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::audit::{self, Event};
 use crate::ca::registry::Signers;
 use crate::inventory::Identity;
 use crate::model::now_unix;
+use crate::notify::Notifier;
 use crate::policy::Policy;
 use crate::store::writer::Writer;
 pub use readers::Readers;
@@ -37,6 +40,10 @@ pub struct State {
     pub readers: Readers,
     pub signers: Signers,
     refusals: limits::RefusalLimiter,
+    notifier: Notifier,
+    /// Woken whenever a request changes state, so that waiting requesters
+    /// look again at once instead of at their next poll.
+    pub changes: Notify,
 }
 
 impl State {
@@ -53,6 +60,8 @@ impl State {
             readers: Readers::new(db),
             signers: Signers::new(ca_dir),
             refusals: limits::RefusalLimiter::default(),
+            notifier: Notifier::default(),
+            changes: Notify::new(),
         })
     }
 
@@ -85,6 +94,13 @@ impl State {
                     "policy reload refused; keeping the policy in force"
                 );
             }
+        }
+    }
+
+    /// Sends an event to the policy's notifier, if it has one; never blocks.
+    pub fn notify(&self, event: serde_json::Value) {
+        if let Some(program) = self.policy().notify() {
+            self.notifier.send(program, event);
         }
     }
 
@@ -123,6 +139,28 @@ impl State {
             .await
         {
             tracing::error!(error = %e, "cannot audit an authentication refusal");
+        }
+    }
+}
+
+/// How often the daemon expires requests past their deadline. Expiry does
+/// not depend on it: any access to a request expires it first if it is due.
+const SWEEP_EVERY: Duration = Duration::from_secs(2);
+
+impl State {
+    /// Expires every request past its deadline, audits and announces each.
+    pub async fn expire_due(&self) {
+        match self
+            .writer
+            .run(|c| crate::approval::expire_due(c, now_unix()))
+            .await
+        {
+            Ok(expired) => {
+                for req in &expired {
+                    approve::announce_expired(self, req);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot expire requests"),
         }
     }
 }
@@ -175,6 +213,14 @@ pub async fn serve(
         }
     });
 
+    let sweeper = state.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(SWEEP_EVERY).await;
+            sweeper.expire_due().await;
+        }
+    });
+
     loop {
         let (socket, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -200,18 +246,37 @@ pub async fn serve(
     }
 }
 
+/// How long a client has to authenticate before it is disconnected.
+const LOGIN_GRACE: Duration = Duration::from_secs(30);
+
 async fn connection(
     config: Arc<russh::server::Config>,
     state: Arc<State>,
     socket: tokio::net::TcpStream,
     peer: SocketAddr,
 ) {
-    let handler = session::Connection::new(state, peer);
+    let authenticated = Arc::new(AtomicBool::new(false));
+    let handler = session::Connection::new(state, peer, authenticated.clone());
     match russh::server::run_stream(config, socket, handler).await {
         Ok(running) => {
+            let handle = running.handle();
+            let grace = tokio::spawn(async move {
+                tokio::time::sleep(LOGIN_GRACE).await;
+                if !authenticated.load(Ordering::Acquire) {
+                    tracing::warn!(%peer, "no authentication within the grace time; disconnecting");
+                    let _ = handle
+                        .disconnect(
+                            russh::Disconnect::ByApplication,
+                            "authentication took too long".into(),
+                            String::new(),
+                        )
+                        .await;
+                }
+            });
             if let Err(e) = running.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
+            grace.abort();
         }
         Err(e) => tracing::debug!(%peer, error = %e, "handshake failed"),
     }

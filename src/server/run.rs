@@ -7,8 +7,9 @@ use std::time::Duration;
 use russh::keys::PublicKey;
 
 use super::State;
+use super::approve;
 use super::commands::{Command, ago, exit, human, write_rules};
-use super::issue::{self, Reply, RequestError};
+use super::issue::{self, Issued, Pending, Reply, RequestError};
 use crate::inventory::Identity;
 use crate::model::now_unix;
 use crate::policy::{Decision, Outcome, RequestParams};
@@ -38,35 +39,63 @@ impl Output {
     }
 }
 
+/// Where a long-running command sends progress lines (stderr) while it runs.
+pub struct Progress(pub tokio::sync::mpsc::UnboundedSender<String>);
+
+impl Progress {
+    /// Sends one line; lost silently when the client has gone.
+    pub fn line(&self, text: String) {
+        let _ = self.0.send(text);
+    }
+
+    /// True if and only if the client can no longer be reached.
+    pub fn closed(&self) -> bool {
+        self.0.is_closed()
+    }
+}
+
 pub async fn run_command(
     state: &State,
     who: &Identity,
     key: &PublicKey,
     peer: IpAddr,
     cmd: Command,
+    progress: &Progress,
 ) -> Output {
     match cmd {
-        Command::Request { role, ttl, reason } => {
+        Command::Request {
+            role,
+            ttl,
+            reason,
+            wait,
+        } => {
             let params = RequestParams { ttl, reason };
             match issue::request(state, who, key, peer, &role, params).await {
-                Ok(Reply::Issued(i)) => Output {
-                    stdout: format!("{}\n", i.line),
-                    stderr: format!(
-                        "issued certificate serial {} for {} ({role}), valid for {}: from {} to {}\nkey id {}\n",
-                        i.serial,
-                        i.principals.join(", "),
-                        human(Duration::from_secs(
-                            i.valid_before.saturating_sub(now_unix().max(0) as u64)
-                        )),
-                        rfc3339(i.valid_after),
-                        rfc3339(i.valid_before),
-                        i.key_id
-                    ),
-                    status: exit::OK,
-                },
+                Ok(Reply::Issued(i)) => issued_output(&i, &role),
                 Ok(Reply::Denied(d)) => Output::stderr(denial(&d), exit::DENIED),
+                Ok(Reply::Pending(p)) => {
+                    let text = pending_output(state, who, &p).await;
+                    if wait {
+                        progress.line(text);
+                        approve::wait_for(state, who, key, peer, &p.id, progress).await
+                    } else {
+                        Output::stderr(text, exit::PENDING)
+                    }
+                }
                 Err(e) => request_error(e),
             }
+        }
+        Command::Fetch { id, wait } => {
+            approve::fetch(state, who, key, peer, &id, wait, progress).await
+        }
+        Command::Status => approve::status(state, who).await,
+        Command::Pending => approve::pending(state, who, peer).await,
+        Command::Show { id } => approve::show(state, who, peer, &id).await,
+        Command::Approve { id, comment } => {
+            approve::decide(state, who, peer, &id, true, comment).await
+        }
+        Command::Deny { id, reason } => {
+            approve::decide(state, who, peer, &id, false, Some(reason)).await
         }
         Command::Whoami => match issue::snapshot(state, who, peer).await {
             Ok((policy, snap)) => {
@@ -156,7 +185,7 @@ pub async fn run_command(
     }
 }
 
-fn rfc3339(unix: u64) -> String {
+pub fn rfc3339(unix: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(unix)).to_string()
 }
 
@@ -177,25 +206,69 @@ fn verdict(d: &Decision) -> String {
     }
 }
 
-/// The stderr text of a denial: every failed rule with the value seen.
-fn denial(d: &Decision) -> String {
-    let mut out = format!("denied: request for role {} refused\n", d.role);
-    if let Outcome::NeedsApproval { approval, .. } = &d.outcome {
-        let _ = writeln!(
-            out,
-            "denied: role {} needs approval by {} of [{}], and this jitca does not run approvals",
-            d.role,
-            approval.count,
-            approval.approvers.join(", ")
-        );
+/// The reply that carries a certificate.
+pub fn issued_output(i: &Issued, role: &str) -> Output {
+    let again = if i.again {
+        " (issued before; sent again)"
+    } else {
+        ""
+    };
+    Output {
+        stdout: format!("{}\n", i.line),
+        stderr: format!(
+            "issued certificate serial {}{again} for {} ({role}), valid for {}: from {} to {}\nkey id {}\n",
+            i.serial,
+            i.principals.join(", "),
+            human(Duration::from_secs(
+                i.valid_before.saturating_sub(now_unix().max(0) as u64)
+            )),
+            rfc3339(i.valid_after),
+            rfc3339(i.valid_before),
+            i.key_id
+        ),
+        status: exit::OK,
     }
+}
+
+/// What a requester is told when the request waits for approvers.
+async fn pending_output(state: &State, who: &Identity, p: &Pending) -> String {
+    let groups = p.groups.clone();
+    let requester = who.user_id;
+    let approvers = state
+        .readers
+        .run(move |conn| crate::inventory::active_members(conn, &groups, requester))
+        .await
+        .unwrap_or_default();
+    let now = now_unix();
+    format!(
+        "pending: request {} for role {} needs {} approval(s) from [{}]\npending: can approve: {}\npending: expires at {} (in {})\npending: wait with: fetch {} --wait\n",
+        p.id,
+        p.role,
+        p.needed,
+        p.groups.join(", "),
+        if approvers.is_empty() {
+            "nobody yet: ask an operator to fill the approver groups".into()
+        } else {
+            approvers.join(", ")
+        },
+        rfc3339(p.deadline.max(0) as u64),
+        human(Duration::from_secs(
+            p.deadline.saturating_sub(now).max(0) as u64
+        )),
+        p.id
+    )
+}
+
+/// The stderr text of a denial: every failed rule with the value seen.
+pub fn denial(d: &Decision) -> String {
+    let mut out = format!("denied: request for role {} refused\n", d.role);
     for r in d.failed() {
         let _ = writeln!(out, "denied: {}: saw {}", r.rule, r.seen);
     }
     out
 }
 
-fn request_error(e: RequestError) -> Output {
+pub fn request_error(e: RequestError) -> Output {
     match e {
         RequestError::UnknownRole(e) => Output::stderr(format!("error: {e}\n"), exit::USAGE),
         RequestError::Internal(e) => {

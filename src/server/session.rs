@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use russh::keys::{HashAlg, PublicKey};
 use russh::server::{
@@ -18,7 +19,7 @@ use russh::{Channel, ChannelId, ChannelOpenFailure, Disconnect};
 
 use super::State;
 use super::commands::{self, exit};
-use super::run::{Output, run_command};
+use super::run::{Output, Progress, run_command};
 use crate::inventory::{Identity, identity_by_fingerprint};
 
 /// Channels a connection may have open at once.
@@ -34,10 +35,12 @@ pub struct Connection {
     refused: Option<String>,
     channels: Vec<ChannelId>,
     running: Vec<ChannelId>,
+    /// Set once authentication succeeded; read by the login grace timer.
+    authenticated: Arc<AtomicBool>,
 }
 
 impl Connection {
-    pub fn new(state: Arc<State>, peer: SocketAddr) -> Connection {
+    pub fn new(state: Arc<State>, peer: SocketAddr, authenticated: Arc<AtomicBool>) -> Connection {
         Connection {
             state,
             peer,
@@ -45,6 +48,7 @@ impl Connection {
             refused: None,
             channels: Vec::new(),
             running: Vec::new(),
+            authenticated,
         }
     }
 
@@ -116,6 +120,7 @@ impl Handler for Connection {
         }
         tracing::info!(peer = %self.peer, user = %who.user, device = %who.device, "authenticated");
         self.caller = Some((who, key.public_key.clone()));
+        self.authenticated.store(true, Ordering::Release);
         Ok(Auth::Accept)
     }
 
@@ -203,11 +208,32 @@ impl Handler for Connection {
         let peer = self.peer.ip();
         let line = data.to_vec();
         tokio::spawn(async move {
+            // Progress lines go out as they come; the final reply after them.
+            let (lines, mut queue) = tokio::sync::mpsc::unbounded_channel::<String>();
+            let forward = {
+                let handle = handle.clone();
+                tokio::spawn(async move {
+                    while let Some(line) = queue.recv().await {
+                        if handle
+                            .extended_data(channel, 1, line.into_bytes())
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                })
+            };
+            let progress = Progress(lines);
             let out = match commands::parse(&line) {
                 commands::Parsed::Help(text) => Output::stdout(text, exit::OK),
                 commands::Parsed::Usage(text) => Output::stderr(text, exit::USAGE),
-                commands::Parsed::Run(cmd) => run_command(&state, &who, &key, peer, cmd).await,
+                commands::Parsed::Run(cmd) => {
+                    run_command(&state, &who, &key, peer, cmd, &progress).await
+                }
             };
+            drop(progress);
+            let _ = forward.await;
             if !out.stdout.is_empty() {
                 let _ = handle.data(channel, out.stdout.into_bytes()).await;
             }
