@@ -229,9 +229,15 @@ pub fn posture(paths: &Paths, cmd: PostureCommand) -> anyhow::Result<ExitCode> {
         PostureCommand::Import { file } => {
             let reports = inv::read_import(&file, now)?;
             let shown = file.display().to_string();
-            let n = store::write(&mut conn, |c| inv::import_posture(c, &shown, &reports, now))
+            let done = store::write(&mut conn, |c| inv::import_posture(c, &shown, &reports, now))
                 .with_context(|| format!("posture import of {shown} refused"))?;
-            println!("imported {n} posture report(s) from {shown}");
+            println!("imported {} posture report(s) from {shown}", done.reports);
+            if done.kept_newer > 0 {
+                println!(
+                    "note: {} attribute(s) kept the newer value already stored (the newest report wins)",
+                    done.kept_newer
+                );
+            }
         }
         PostureCommand::Show { device } => {
             let (id, status) = inv::device_id(&conn, &device)?;

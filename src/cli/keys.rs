@@ -36,6 +36,12 @@ pub enum CaCommand {
     Trusted,
     /// List the CA keys and their states
     List,
+    /// Print the daemon's SSH host key as a known_hosts line, for requesters
+    HostKey {
+        /// The name and port requesters connect to, e.g. ca.example.com:2222
+        #[arg(long, default_value = "127.0.0.1:2222")]
+        host: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -133,7 +139,6 @@ pub fn serve(paths: &Paths, args: ServeArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let addr = listener.local_addr()?;
         tracing::info!(
-            %addr,
             ca = %ca.fingerprint(),
             policy = %state.policy().sha256(),
             "listening on {addr}"
@@ -170,6 +175,19 @@ pub fn ca(paths: &Paths, cmd: CaCommand) -> anyhow::Result<ExitCode> {
             for k in keys {
                 println!("{k}");
             }
+        }
+        CaCommand::HostKey { host } => {
+            let (key, _) = load_or_create_host_key(&paths.ca_keys)?;
+            let line = key
+                .public_key()
+                .to_openssh()
+                .context("cannot encode the host key")?;
+            let name = match host.rsplit_once(':') {
+                Some((h, "22")) => h.to_string(),
+                Some((h, p)) => format!("[{h}]:{p}"),
+                None => host.clone(),
+            };
+            println!("{name} {line}");
         }
         CaCommand::List => {
             for k in registry::list(&conn)? {

@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 /// Where jitca keeps its state; shared by every command.
 #[derive(Debug, clap::Args)]
 pub struct Paths {
-    /// The SQLite database (created on first use)
+    /// The SQLite database (created by `init` or `serve`)
     #[arg(long, global = true, env = "JITCA_DB", default_value = "jitca.db")]
     pub db: PathBuf,
     /// The directory holding the CA private keys and the daemon's host key

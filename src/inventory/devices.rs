@@ -139,22 +139,25 @@ pub fn disable_device(conn: &Connection, name: &str, now: i64) -> Result<bool, S
 }
 
 /// Stores posture attributes reported at `reported_at`. An attribute already
-/// stored with a newer report keeps its newer value.
+/// stored with a newer report keeps its newer value; returns how many did.
 fn store_posture(
     conn: &Connection,
     device: i64,
     attrs: &BTreeMap<String, AttrValue>,
     reported_at: i64,
-) -> Result<(), StoreError> {
+) -> Result<usize, StoreError> {
     let mut stmt = conn.prepare_cached(
         "INSERT INTO posture (device_id, attr, value, reported_at) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (device_id, attr) DO UPDATE SET value = excluded.value, reported_at = excluded.reported_at
          WHERE excluded.reported_at >= posture.reported_at",
     )?;
+    let mut kept = 0;
     for (k, v) in attrs {
-        stmt.execute(params![device, k, v.to_json(), reported_at])?;
+        if stmt.execute(params![device, k, v.to_json(), reported_at])? == 0 {
+            kept += 1;
+        }
     }
-    Ok(())
+    Ok(kept)
 }
 
 /// `posture set`: attributes reported now by the operator.
@@ -287,7 +290,10 @@ fn parse_report(text: &str, line: usize, now: i64) -> Result<Report, String> {
     };
     if reported_at > now + MAX_FUTURE_SECS {
         return Err(format!(
-            "\"reported_at\" {reported_at} lies in the future: check the exporter's clock"
+            "\"reported_at\" {} lies in the future: check the exporter's clock",
+            obj.get("reported_at")
+                .map(|v| v.to_string())
+                .unwrap_or_default()
         ));
     }
     let attrs = obj
@@ -318,13 +324,21 @@ pub fn parse_time(s: &str) -> Result<i64, String> {
         .map_err(|_| format!("time {s:?} lies before 1970"))
 }
 
+/// What an import stored.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Imported {
+    pub reports: usize,
+    /// Attributes left as they were because a newer report was stored.
+    pub kept_newer: usize,
+}
+
 /// Stores checked reports; an unknown device refuses all of them.
 pub fn import_posture(
     conn: &Connection,
     file: &str,
     reports: &[Report],
     now: i64,
-) -> Result<usize, StoreError> {
+) -> Result<Imported, StoreError> {
     let mut ids = Vec::with_capacity(reports.len());
     for r in reports {
         let (id, _) = device_id(conn, &r.device).map_err(|e| {
@@ -332,8 +346,9 @@ pub fn import_posture(
         })?;
         ids.push(id);
     }
+    let mut kept_newer = 0;
     for (r, id) in reports.iter().zip(ids) {
-        store_posture(conn, id, &r.attributes, r.reported_at)?;
+        kept_newer += store_posture(conn, id, &r.attributes, r.reported_at)?;
     }
     let devices: std::collections::BTreeSet<&str> =
         reports.iter().map(|r| r.device.as_str()).collect();
@@ -342,10 +357,14 @@ pub fn import_posture(
         now,
         &Event::new(
             "posture-imported",
-            json!({"actor": operator(), "file": file, "reports": reports.len(), "devices": devices}),
+            json!({"actor": operator(), "file": file, "reports": reports.len(),
+                   "kept_newer": kept_newer, "devices": devices}),
         ),
     )?;
-    Ok(reports.len())
+    Ok(Imported {
+        reports: reports.len(),
+        kept_newer,
+    })
 }
 
 #[cfg(test)]
@@ -388,8 +407,12 @@ mod tests {
         enrol(&conn);
         let (id, _) = device_id(&conn, "mbp").unwrap();
         let v = |b| BTreeMap::from([("disk_encrypted".to_string(), AttrValue::Bool(b))]);
-        store_posture(&conn, id, &v(true), 100).unwrap();
-        store_posture(&conn, id, &v(false), 50).unwrap();
+        assert_eq!(store_posture(&conn, id, &v(true), 100).unwrap(), 0);
+        assert_eq!(
+            store_posture(&conn, id, &v(false), 50).unwrap(),
+            1,
+            "the older value is reported as kept"
+        );
         let p = posture(&conn, id).unwrap();
         assert_eq!(
             p["disk_encrypted"],

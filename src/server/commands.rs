@@ -104,7 +104,9 @@ pub enum Command {
 }
 
 fn parse_ttl(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e}: use a duration such as 15m or 1h"))
+    humantime::parse_duration(s).map_err(|_| {
+        format!("{s:?} is not a duration: give a number with a unit, such as 90s, 15m or 1h")
+    })
 }
 
 fn parse_reason(s: &str) -> Result<String, String> {

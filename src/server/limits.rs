@@ -1,4 +1,10 @@
 //! Rate limits on what a peer can make the daemon write.
+//!
+//! Refusals at authentication are audited, but a peer retrying one key
+//! must not grow the audit log without bound: the same key refused from the
+//! same peer for the same reason is recorded at most once a minute (the next
+//! record says how many were folded into it), and at most 20 refusals a
+//! second are recorded in all.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -35,8 +41,10 @@ struct Inner {
 }
 
 impl RefusalLimiter {
-    pub fn admit(&self, peer: IpAddr, fingerprint: &str) -> Admit {
-        self.admit_at(peer, fingerprint, Instant::now())
+    /// Whether to audit a refusal of the key `fingerprint` from `peer` for
+    /// `reason`. A refusal for a new reason is never folded into an old one.
+    pub fn admit(&self, peer: IpAddr, fingerprint: &str, reason: &str) -> Admit {
+        self.admit_at(peer, &format!("{fingerprint} {reason}"), Instant::now())
     }
 
     fn admit_at(&self, peer: IpAddr, fingerprint: &str, now: Instant) -> Admit {

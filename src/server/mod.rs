@@ -115,7 +115,7 @@ impl State {
         who: Option<&Identity>,
         reason: &str,
     ) {
-        let suppressed = match self.refusals.admit(peer, fingerprint) {
+        let suppressed = match self.refusals.admit(peer, fingerprint, reason) {
             limits::Admit::Record { suppressed } => suppressed,
             limits::Admit::Drop => return,
         };

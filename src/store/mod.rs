@@ -76,6 +76,9 @@ pub fn connect(path: &Path) -> Result<Connection, StoreError> {
 ///
 /// Returns the connection and whether the database was created just now.
 pub fn open(path: &Path) -> Result<(Connection, bool), StoreError> {
+    if !path.exists() {
+        create_private(path)?;
+    }
     let mut conn = connect(path)?;
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let known = schema::MIGRATIONS.len() as i64;
@@ -98,6 +101,27 @@ pub fn open(path: &Path) -> Result<(Connection, bool), StoreError> {
         tx.commit()?;
     }
     Ok((conn, version == 0))
+}
+
+/// Creates an empty database file readable by its owner only: it holds the
+/// audit log and who may reach what. SQLite gives its `-wal` and `-shm`
+/// files the same mode.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
+    match created {
+        Ok(_) => Ok(()),
+        // Another process created it first: fine, it is opened below.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::invalid(format!(
+            "cannot create database {}: {e}",
+            path.display()
+        ))),
+    }
 }
 
 /// Runs `f` in one immediate transaction on `conn` and commits it.
@@ -123,6 +147,9 @@ mod tests {
         let path = dir.path().join("t.db");
         let (_, created) = open(&path).unwrap();
         assert!(created);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the database is created private");
         let (conn, created) = open(&path).unwrap();
         assert!(!created);
         let v: i64 = conn

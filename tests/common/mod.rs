@@ -103,19 +103,13 @@ pub fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
-/// The directory of shared fixtures (`shared/` beside the repository).
-pub fn shared_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared")
-}
-
-/// One of the enrolment fixtures of `shared/cases/keys/`; fails if missing.
+/// One of the enrolment fixtures in `tests/data/keys/` (the cases every
+/// build must get right, kept in the repository so a clone tests itself).
 pub fn case_key(name: &str) -> PathBuf {
-    let path = shared_dir().join("cases/keys").join(name);
-    assert!(
-        path.is_file(),
-        "fixture {} is missing: the repository expects shared/ beside it",
-        path.display()
-    );
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/keys")
+        .join(name);
+    assert!(path.is_file(), "fixture {} is missing", path.display());
     path
 }
 
