@@ -96,9 +96,7 @@ pub fn new_id() -> String {
 
 /// True if and only if `id` has the shape of a request id.
 pub fn is_id(id: &str) -> bool {
-    id.len() == 12
-        && id.starts_with("r-")
-        && id.bytes().skip(2).all(|b| ALPHABET.contains(&b))
+    id.len() == 12 && id.starts_with("r-") && id.bytes().skip(2).all(|b| ALPHABET.contains(&b))
 }
 
 const COLUMNS: &str = "r.id, r.user_id, u.name, r.device_id, d.name, r.role, r.reason, r.ttl_secs,
@@ -181,7 +179,8 @@ pub fn load(conn: &Connection, id: &str) -> Result<Option<Request>, StoreError> 
 
 /// Pending requests, oldest first.
 pub fn pending(conn: &Connection) -> Result<Vec<Request>, StoreError> {
-    let sql = format!("SELECT {COLUMNS} {FROM} WHERE r.state = 'pending' ORDER BY r.created_at, r.id");
+    let sql =
+        format!("SELECT {COLUMNS} {FROM} WHERE r.state = 'pending' ORDER BY r.created_at, r.id");
     let mut stmt = conn.prepare(&sql)?;
     let rows = stmt.query_map([], row)?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -217,7 +216,10 @@ pub fn verdicts(conn: &Connection, id: &str) -> Result<Vec<Verdict>, StoreError>
 }
 
 fn event(kind: &str, req: &Request, body: serde_json::Value) -> Event {
-    let mut e = Event::new(kind, body).user(&req.user).device(&req.device).role(&req.role);
+    let mut e = Event::new(kind, body)
+        .user(&req.user)
+        .device(&req.device)
+        .role(&req.role);
     e.request_id = Some(req.id.clone());
     e
 }
@@ -244,7 +246,11 @@ pub fn expire_if_due(conn: &Connection, req: &mut Request, now: i64) -> Result<b
     audit::append(
         conn,
         now,
-        &event("request-expired", req, json!({"from": from, "why": why, "deadline": req.deadline})),
+        &event(
+            "request-expired",
+            req,
+            json!({"from": from, "why": why, "deadline": req.deadline}),
+        ),
     )?;
     req.state = State::Expired;
     req.decided_at = Some(now);
@@ -326,7 +332,10 @@ pub fn decide(conn: &Connection, id: &str, d: &Decide, now: i64) -> Result<Decid
         )
         .optional()?;
     if d.approve && previous.is_some() {
-        return Ok(Decided::AlreadyCounted { have: have(conn)?, needed: req.needed });
+        return Ok(Decided::AlreadyCounted {
+            have: have(conn)?,
+            needed: req.needed,
+        });
     }
     conn.execute(
         "INSERT INTO approvals (request_id, approver_id, device_id, verdict, comment, at)
@@ -334,7 +343,14 @@ pub fn decide(conn: &Connection, id: &str, d: &Decide, now: i64) -> Result<Decid
          ON CONFLICT (request_id, approver_id) DO UPDATE SET
              verdict = excluded.verdict, comment = excluded.comment, at = excluded.at,
              device_id = excluded.device_id",
-        params![id, d.approver_id, d.device_id, if d.approve { "approve" } else { "deny" }, d.text, now],
+        params![
+            id,
+            d.approver_id,
+            d.device_id,
+            if d.approve { "approve" } else { "deny" },
+            d.text,
+            now
+        ],
     )?;
     let mut body = d.body.clone();
     body["approver"] = json!(d.approver);
@@ -353,7 +369,10 @@ pub fn decide(conn: &Connection, id: &str, d: &Decide, now: i64) -> Result<Decid
     audit::append(conn, now, &event("approval", &req, body))?;
     let count = have(conn)?;
     if count < req.needed {
-        return Ok(Decided::Counted { have: count, needed: req.needed });
+        return Ok(Decided::Counted {
+            have: count,
+            needed: req.needed,
+        });
     }
     conn.execute(
         "UPDATE requests SET state = 'approved', decided_at = ?2, deadline = ?3 WHERE id = ?1",
@@ -384,7 +403,9 @@ pub fn mark_issued(conn: &Connection, id: &str, serial: u64, now: i64) -> Result
         params![id, serial as i64, now],
     )?;
     if n != 1 {
-        return Err(StoreError::invalid(format!("request {id} is no longer approved")));
+        return Err(StoreError::invalid(format!(
+            "request {id} is no longer approved"
+        )));
     }
     Ok(())
 }

@@ -6,9 +6,18 @@ use crate::inventory::{NewDevice, add_device, add_user};
 fn db() -> (tempfile::TempDir, Connection) {
     let dir = tempfile::tempdir().unwrap();
     let (conn, _) = crate::store::open(&dir.path().join("r.db")).unwrap();
-    for (user, fp) in [("alice", "SHA256:a"), ("bob", "SHA256:b"), ("carol", "SHA256:c")] {
+    for (user, fp) in [
+        ("alice", "SHA256:a"),
+        ("bob", "SHA256:b"),
+        ("carol", "SHA256:c"),
+    ] {
         add_user(&conn, user, &[], 1).unwrap();
-        let key = NewDevice { fingerprint: fp, key_type: "ssh-ed25519", public_key: "k", label: "" };
+        let key = NewDevice {
+            fingerprint: fp,
+            key_type: "ssh-ed25519",
+            public_key: "k",
+            label: "",
+        };
         add_device(&conn, user, &format!("{user}-laptop"), &key, 1).unwrap();
     }
     (dir, conn)
@@ -66,8 +75,14 @@ fn ids_are_short_base32_and_distinct() {
 fn two_approvals_are_needed_and_the_same_approver_counts_once() {
     let (_d, conn) = db();
     let id = request(&conn, 2, 1000);
-    assert_eq!(verdict(&conn, &id, "bob", true, 110), Decided::Counted { have: 1, needed: 2 });
-    assert_eq!(verdict(&conn, &id, "bob", true, 111), Decided::AlreadyCounted { have: 1, needed: 2 });
+    assert_eq!(
+        verdict(&conn, &id, "bob", true, 110),
+        Decided::Counted { have: 1, needed: 2 }
+    );
+    assert_eq!(
+        verdict(&conn, &id, "bob", true, 111),
+        Decided::AlreadyCounted { have: 1, needed: 2 }
+    );
     assert_eq!(load(&conn, &id).unwrap().unwrap().state, State::Pending);
     assert_eq!(verdict(&conn, &id, "carol", true, 112), Decided::Approved);
     let req = load(&conn, &id).unwrap().unwrap();
@@ -81,7 +96,10 @@ fn one_denial_ends_the_request() {
     let id = request(&conn, 2, 1000);
     verdict(&conn, &id, "bob", true, 110);
     assert_eq!(verdict(&conn, &id, "carol", false, 111), Decided::Denied);
-    assert_eq!(verdict(&conn, &id, "carol", true, 112), Decided::NotPending(State::Denied));
+    assert_eq!(
+        verdict(&conn, &id, "carol", true, 112),
+        Decided::NotPending(State::Denied)
+    );
     let req = load(&conn, &id).unwrap().unwrap();
     assert_eq!(req.outcome.as_deref(), Some("denied by carol: ok"));
 }
@@ -90,7 +108,10 @@ fn one_denial_ends_the_request() {
 fn an_undecided_request_expires_and_cannot_be_approved_after() {
     let (_d, conn) = db();
     let id = request(&conn, 1, 200);
-    assert_eq!(verdict(&conn, &id, "bob", true, 200), Decided::NotPending(State::Expired));
+    assert_eq!(
+        verdict(&conn, &id, "bob", true, 200),
+        Decided::NotPending(State::Expired)
+    );
     let kinds: Vec<String> = audit::list(&conn, &Default::default())
         .unwrap()
         .into_iter()
@@ -107,7 +128,11 @@ fn the_sweeper_expires_pending_and_unfetched_requests_once() {
     let approved = request(&conn, 1, 5000);
     verdict(&conn, &approved, "bob", true, 150);
     assert!(expire_due(&conn, 199).unwrap().is_empty());
-    let first: Vec<String> = expire_due(&conn, 150 + 900).unwrap().into_iter().map(|r| r.id).collect();
+    let first: Vec<String> = expire_due(&conn, 150 + 900)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
     assert_eq!(first.len(), 2, "{first:?}");
     assert!(first.contains(&pending) && first.contains(&approved));
     assert!(expire_due(&conn, 5000).unwrap().is_empty());

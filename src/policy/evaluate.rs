@@ -600,12 +600,20 @@ break_glass = true
         assert!(rules.iter().all(|r| r.passed), "{rules:?}");
 
         let own = evaluate_approver(&policy, role, &approver, "bob");
-        let failed: Vec<_> = own.iter().filter(|r| !r.passed).map(|r| r.rule.as_str()).collect();
+        let failed: Vec<_> = own
+            .iter()
+            .filter(|r| !r.passed)
+            .map(|r| r.rule.as_str())
+            .collect();
         assert_eq!(failed, ["approver is not the requester"]);
 
         approver.user.groups = vec!["dba".into()];
         let outsider = evaluate_approver(&policy, role, &approver, "alice");
-        let failed: Vec<_> = outsider.iter().filter(|r| !r.passed).map(|r| r.rule.as_str()).collect();
+        let failed: Vec<_> = outsider
+            .iter()
+            .filter(|r| !r.passed)
+            .map(|r| r.rule.as_str())
+            .collect();
         assert_eq!(failed, ["approver in one of [leads]"]);
     }
 

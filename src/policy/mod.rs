@@ -277,7 +277,9 @@ impl Policy {
                 known: self.roles.keys().cloned().collect(),
             });
         };
-        Ok(evaluate::evaluate_approver(self, found, snapshot, requester))
+        Ok(evaluate::evaluate_approver(
+            self, found, snapshot, requester,
+        ))
     }
 
     fn profile(&self, name: &str) -> Option<&PostureProfile> {

@@ -473,7 +473,10 @@ approval = { count = 1, approvers = ["dba-leads"], timeout = "30m" }
     #[test]
     fn break_glass_max_ttl_is_capped() {
         let text = "[role.r]\ngroups = [\"g\"]\nprincipals = [\"x\"]\nttl = \"5m\"\nmax_ttl = \"2h\" # <-\nbreak_glass = true\n";
-        contains(&expect_one_error(text), "a break_glass role may grant at most 1h");
+        contains(
+            &expect_one_error(text),
+            "a break_glass role may grant at most 1h",
+        );
     }
 
     #[test]
