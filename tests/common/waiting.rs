@@ -84,12 +84,12 @@ impl Waiting {
                     return text;
                 }
                 let why = if exited {
-                    "it ended first"
+                    "it ended first".to_string()
                 } else {
-                    "timed out"
+                    format!("not within {timeout:?}")
                 };
                 panic!(
-                    "waiting for {what} from {} ({why}, after {timeout:?} at most)\n--- stdout ---\n{}\n--- stderr ---\n{text}",
+                    "waiting for {what} from {} ({why})\n--- stdout ---\n{}\n--- stderr ---\n{text}",
                     self.shown,
                     text_of(&self.stdout)
                 );
