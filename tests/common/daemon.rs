@@ -60,7 +60,13 @@ impl Daemon {
     /// with `ssh-keygen -L`.
     pub fn request_cert(&self, env: &Env, key: &Path, command: &str) -> (PathBuf, CertInfo) {
         let out = ssh_ca(self, key, command);
-        let line = self.expect_cert(&out);
+        self.save_cert(env, &out)
+    }
+
+    /// Fails the test unless `out` is an issued certificate; writes it to a
+    /// fresh file in the environment and reads it with `ssh-keygen -L`.
+    pub fn save_cert(&self, env: &Env, out: &Output) -> (PathBuf, CertInfo) {
+        let line = self.expect_cert(out);
         let n = CERTS.fetch_add(1, Ordering::Relaxed);
         let path = env.write(&format!("issued-{n}-cert.pub"), format!("{line}\n"));
         let info = CertInfo::read(&path);
@@ -92,6 +98,12 @@ pub fn ssh_ca_from(daemon: &Daemon, source: &str, key: &Path, command: &str) -> 
 }
 
 fn ssh_ca_command(daemon: &Daemon, key: &Path, source: Option<&str>, command: &str) -> Output {
+    run(&mut ca_command(daemon, key, source, command), SSH_TIMEOUT)
+}
+
+/// The `ssh` command line behind [`ssh_ca`] and [`ssh_ca_from`], not yet
+/// started (for a requester that waits in the background).
+pub fn ca_command(daemon: &Daemon, key: &Path, source: Option<&str>, command: &str) -> Command {
     let mut cmd = Command::new(SSH);
     cmd.arg("-i").arg(key);
     cmd.args(client_options());
@@ -106,7 +118,7 @@ fn ssh_ca_command(daemon: &Daemon, key: &Path, source: Option<&str>, command: &s
         "127.0.0.1",
     ])
     .arg(command);
-    run(&mut cmd, SSH_TIMEOUT)
+    cmd
 }
 
 /// The options every test `ssh` run uses: no user or system config, only

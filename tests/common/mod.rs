@@ -10,10 +10,12 @@
 //! harness, so the unused rest would warn in every one of them.
 #![allow(dead_code)]
 
+pub mod approvals;
 pub mod cert;
 pub mod daemon;
 pub mod net;
 pub mod sshd;
+pub mod waiting;
 
 use std::fmt::Write as _;
 use std::io::Read;
@@ -434,7 +436,15 @@ impl Env {
     /// The audit records from `jitca audit list --json`, accepting either a
     /// JSON array or one JSON object per line.
     pub fn audit_records(&self) -> Vec<serde_json::Value> {
-        let text = self.jitca_ok(&["audit", "list", "--json"]);
+        self.audit_records_where(&[])
+    }
+
+    /// Like [`Env::audit_records`], with more arguments for `jitca audit
+    /// list --json` (filters such as `--kind issued`).
+    pub fn audit_records_where(&self, filters: &[&str]) -> Vec<serde_json::Value> {
+        let mut args = vec!["audit", "list", "--json"];
+        args.extend_from_slice(filters);
+        let text = self.jitca_ok(&args);
         let trimmed = text.trim();
         if trimmed.starts_with('[') {
             match serde_json::from_str::<serde_json::Value>(trimmed) {
