@@ -360,10 +360,20 @@ mod tests {
         };
         assert!(policy.warnings().is_empty(), "{:?}", policy.warnings());
         let names: Vec<&str> = policy.roles().map(|r| r.name.as_str()).collect();
-        assert_eq!(names, ["ops-shell", "prod-db", "web-deploy"]);
-        for role in policy.roles() {
-            assert!(role.approval.is_none(), "{}", role.name);
-        }
+        assert_eq!(
+            names,
+            [
+                "emergency",
+                "ops-shell",
+                "prod-db",
+                "prod-db-admin",
+                "web-deploy"
+            ]
+        );
+        let admin = policy.role("prod-db-admin").unwrap();
+        assert_eq!(admin.approval.as_ref().map(|a| a.count), Some(1));
+        assert!(admin.require_reason);
+        assert!(policy.role("emergency").unwrap().break_glass);
         let db = policy.role("prod-db").unwrap();
         assert_eq!(db.source_address, Some(SourceAddress::Peer));
         assert_eq!(db.posture.as_deref(), Some("managed-laptop"));

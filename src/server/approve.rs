@@ -437,19 +437,21 @@ pub async fn decide(
         Err(e) => return internal(e),
     };
     let req = match refresh(state, id).await {
-        Ok(Some((req, _))) if may_see(state, &snap.user.groups, &who.user, &req) => req,
-        Ok(_) => return usage(format!("there is no request {id} you may decide")),
+        // Anyone who holds the id learns why they may not decide it; the
+        // rules below refuse every caller outside the approver groups.
+        Ok(Some((req, _))) => req,
+        Ok(None) => return usage(format!("there is no request {id}")),
         Err(e) => return internal(e),
     };
-    if let Some(out) = not_pending(&req) {
-        return out;
-    }
     let rules = match policy.evaluate_approver(&req.role, &snap, &req.user) {
         Ok(r) => r,
         Err(e) => return Output::stderr(format!("refused: {e}\n"), exit::DENIED),
     };
     if rules.iter().any(|r| !r.passed) {
         return refuse(state, who, &req, rules, approve).await;
+    }
+    if let Some(out) = not_pending(&req) {
+        return out;
     }
 
     let fetch_window = req
@@ -496,7 +498,7 @@ pub async fn decide(
         ),
         Decided::AlreadyCounted { have, needed } => Output::stdout(
             format!(
-                "already approved {} by you; you count once ({have} of {needed})\n",
+                "already approved {} by you; it counts once ({have} of {needed})\n",
                 req.id
             ),
             exit::OK,
@@ -562,14 +564,28 @@ async fn refuse(
     approve: bool,
 ) -> Output {
     let mut out = String::new();
-    if rules
-        .iter()
-        .any(|r| r.rule == "approver is not the requester" && !r.passed)
-    {
+    let failed = |prefix: &str| {
+        rules
+            .iter()
+            .any(|r| !r.passed && r.rule.starts_with(prefix))
+    };
+    if failed("approver is not the requester") {
         let _ = writeln!(
             out,
             "refused: you cannot approve or deny your own request {}",
             req.id
+        );
+    } else if failed("approver in one of") {
+        let groups = state
+            .policy()
+            .role(&req.role)
+            .and_then(|r| r.approval.as_ref())
+            .map(|a| a.approvers.join(", "))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "refused: you are not in any approver group [{groups}] of role {}",
+            req.role
         );
     } else {
         let _ = writeln!(out, "refused: you may not decide request {}", req.id);
