@@ -174,6 +174,22 @@ pub fn check_name(what: &'static str, name: &str) -> Result<(), BadName> {
     }
 }
 
+/// True if and only if `c` is a control character or an invisible
+/// formatting character (zero-width spaces and joiners, bidirectional
+/// overrides and isolates, the byte-order mark): characters that let text
+/// read differently from what it holds.
+pub fn is_hidden_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{00AD}' | '\u{061C}' | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}')
+}
+
 /// Unix seconds now.
 pub fn now_unix() -> i64 {
     std::time::SystemTime::now()
@@ -210,6 +226,16 @@ mod tests {
             AttrValue::Text("14.10".into()),
         ] {
             assert_eq!(AttrValue::from_stored(&v.to_json()), Some(v));
+        }
+    }
+
+    #[test]
+    fn hidden_characters_are_recognised() {
+        for c in ['\u{202E}', '\u{200B}', '\u{FEFF}', '\u{1b}', '\n'] {
+            assert!(is_hidden_char(c), "{c:?}");
+        }
+        for c in ['a', 'é', '-', ' ', '日'] {
+            assert!(!is_hidden_char(c), "{c:?}");
         }
     }
 

@@ -16,6 +16,7 @@ pub mod host_key;
 pub mod keys;
 pub mod options;
 pub mod registry;
+pub mod revocation;
 pub mod subject;
 #[cfg(test)]
 mod testutil;

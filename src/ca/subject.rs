@@ -79,6 +79,11 @@ pub enum SubjectKeyError {
     Empty { file: String },
 
     #[error(
+        "{file} is a private key: never hand it over; enrol its public half, the .pub file beside it"
+    )]
+    PrivateKey { file: String },
+
+    #[error(
         "public key file {file} holds {count} key lines: enrol one key per device, one per file"
     )]
     SeveralKeys { file: String, count: usize },
@@ -174,6 +179,9 @@ pub fn parse_subject_key(source: &str, bytes: &[u8]) -> Result<SubjectKey, Subje
         });
     }
     let text = std::str::from_utf8(bytes).map_err(|_| SubjectKeyError::NotText { file: file() })?;
+    if text.trim_start().starts_with("-----BEGIN") && text.contains("PRIVATE KEY-----") {
+        return Err(SubjectKeyError::PrivateKey { file: file() });
+    }
 
     let lines: Vec<&str> = text
         .split('\n')
@@ -325,6 +333,14 @@ fn inner_type(blob: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_private_key_is_refused_as_such() {
+        let pem = b"-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----\n";
+        let e = parse_subject_key("id_ed25519", pem).unwrap_err();
+        assert!(matches!(e, SubjectKeyError::PrivateKey { .. }), "{e}");
+        assert!(e.to_string().contains(".pub"), "{e}");
+    }
     use crate::ca::testutil::{fixture, sk_ed25519_line, ssh_keygen, ssh_string};
 
     fn refusal(name: &str) -> (SubjectKeyError, String) {

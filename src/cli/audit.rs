@@ -37,7 +37,9 @@ pub enum AuditCommand {
 
 fn parse_since(s: &str) -> Result<i64, String> {
     if let Ok(d) = humantime::parse_duration(s) {
-        return Ok(now_unix() - d.as_secs() as i64);
+        // A span longer than the epoch simply means "from the beginning".
+        let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+        return Ok(now_unix().checked_sub(secs).unwrap_or(i64::MIN).max(0));
     }
     crate::inventory::parse_time(s).map_err(|e| format!("{e}, or a duration such as 1h"))
 }

@@ -108,27 +108,19 @@ pub fn user(paths: &Paths, cmd: UserCommand) -> anyhow::Result<ExitCode> {
             let changed = store::write(&mut conn, |c| {
                 inv::set_user_status(c, &name, Status::Inactive, now)
             })?;
-            println!(
-                "{}",
-                if changed {
-                    format!("suspended user {name}")
-                } else {
-                    format!("user {name} was already suspended")
-                }
-            );
+            match changed {
+                Some(serials) => println!("suspended user {name}{}", revoked_note(&serials)),
+                None => println!("user {name} was already suspended"),
+            }
         }
         UserCommand::Resume { name } => {
             let changed = store::write(&mut conn, |c| {
                 inv::set_user_status(c, &name, Status::Active, now)
             })?;
-            println!(
-                "{}",
-                if changed {
-                    format!("resumed user {name}")
-                } else {
-                    format!("user {name} was already active")
-                }
-            );
+            match changed {
+                Some(_) => println!("resumed user {name}"),
+                None => println!("user {name} was already active"),
+            }
         }
         UserCommand::Set { name, attributes } => {
             let attrs = inv::parse_assignments(&attributes)?;
@@ -201,14 +193,13 @@ pub fn device(paths: &Paths, cmd: DeviceCommand) -> anyhow::Result<ExitCode> {
         DeviceCommand::Disable { name } => {
             let mut conn = open_db(paths)?;
             let changed = store::write(&mut conn, |c| inv::disable_device(c, &name, now))?;
-            println!(
-                "{}",
-                if changed {
-                    format!("disabled device {name}")
-                } else {
-                    format!("device {name} was already disabled")
-                }
-            );
+            match changed {
+                Some(serials) => println!(
+                    "disabled device {name}; its key goes into the KRL{}",
+                    revoked_note(&serials)
+                ),
+                None => println!("device {name} was already disabled"),
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -256,6 +247,19 @@ pub fn posture(paths: &Paths, cmd: PostureCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// "; revoked N live certificate(s): serial ..." or nothing.
+fn revoked_note(serials: &[u64]) -> String {
+    if serials.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = serials.iter().map(u64::to_string).collect();
+    format!(
+        "; revoked {} live certificate(s): serial {}",
+        serials.len(),
+        list.join(", ")
+    )
 }
 
 fn join(items: &[String]) -> String {

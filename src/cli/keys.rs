@@ -25,9 +25,18 @@ pub struct ServeArgs {
     /// Most connections served at once; more are closed at once
     #[arg(long, default_value_t = 1024)]
     max_connections: usize,
+    /// Most connections from one address at once
+    #[arg(long, default_value_t = 256)]
+    max_per_peer: usize,
+    /// Close a connection that has not authenticated this long after opening
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    login_grace: Duration,
     /// Close a connection that sends nothing for this long
     #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
+    /// Keep this file holding the current KRL (for sshd's RevokedKeys on this host, or to publish)
+    #[arg(long)]
+    krl: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -36,6 +45,16 @@ pub enum CaCommand {
     Trusted,
     /// List the CA keys and their states
     List,
+    /// Rotate the CA key one step: idempotent, meant for a daily timer
+    Rotate,
+    /// Revoke a compromised CA key: nothing it signed logs in once hosts refresh
+    Revoke {
+        /// The key's fingerprint (SHA256:..., see `jitca ca list`)
+        fingerprint: String,
+        /// Why, for the audit log
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Print the daemon's SSH host key as a known_hosts line, for requesters
     HostKey {
         /// The name and port requesters connect to, e.g. ca.example.com:2222
@@ -63,6 +82,9 @@ fn create_state(paths: &Paths) -> anyhow::Result<Created> {
     let ca_key = store::write(&mut conn, |c| {
         registry::ensure_active(c, &paths.ca_keys, now)
     })?;
+    // The signing key must load before anything else is created beside it:
+    // a missing or exposed key file stops here, with nothing new on disk.
+    registry::Signers::new(&paths.ca_keys).active(&conn)?;
     let (_, host_key) = load_or_create_host_key(&paths.ca_keys)?;
     Ok(Created {
         database,
@@ -110,6 +132,10 @@ pub fn serve(paths: &Paths, args: ServeArgs) -> anyhow::Result<ExitCode> {
     for w in policy.warnings() {
         tracing::warn!(warning = %w, "policy warning");
     }
+    // So is a port that is taken.
+    let listener = std::net::TcpListener::bind(args.listen)
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    listener.set_nonblocking(true).context("cannot set up the listener")?;
     let created = create_state(paths)?;
     if created.database {
         tracing::info!(db = %paths.db.display(), "created database");
@@ -134,18 +160,25 @@ pub fn serve(paths: &Paths, args: ServeArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let listener = tokio::net::TcpListener::from_std(listener).context("cannot set up the listener")?;
         let addr = listener.local_addr()?;
         tracing::info!(
             ca = %ca.fingerprint(),
             policy = %state.policy().sha256(),
             "listening on {addr}"
         );
-        let limits = Limits { max_connections: args.max_connections, idle_timeout: args.idle_timeout };
+        let state = Arc::new(state);
+        if let Some(path) = args.krl.clone() {
+            tokio::spawn(server::keep_krl(state.clone(), path));
+        }
+        let limits = Limits {
+            max_connections: args.max_connections,
+            max_per_peer: args.max_per_peer,
+            login_grace: args.login_grace,
+            idle_timeout: args.idle_timeout,
+        };
         tokio::select! {
-            r = server::serve(Arc::new(state), listener, host_key, limits) => r.context("the listener failed")?,
+            r = server::serve(state, listener, host_key, limits) => r.context("the listener failed")?,
             _ = shutdown() => tracing::info!("shutting down"),
         }
         anyhow::Ok(())
@@ -188,6 +221,34 @@ pub fn ca(paths: &Paths, cmd: CaCommand) -> anyhow::Result<ExitCode> {
                 None => host.clone(),
             };
             println!("{name} {line}");
+        }
+        CaCommand::Rotate => {
+            let policy = Policy::load(&paths.policy).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut conn = conn;
+            let now = now_unix();
+            let changes = store::write(&mut conn, |c| {
+                registry::rotate(c, &paths.ca_keys, now, policy.publish_ahead(), policy.rotate_every())
+            })?;
+            if changes.is_empty() {
+                println!("nothing to do: no key is due to change");
+            }
+            for c in changes {
+                println!("{c}");
+            }
+        }
+        CaCommand::Revoke { fingerprint, reason } => {
+            let mut conn = conn;
+            let now = now_unix();
+            let changes = store::write(&mut conn, |c| {
+                registry::revoke_key(c, &paths.ca_keys, &fingerprint, reason.as_deref(), now)
+            })?;
+            if changes.is_empty() {
+                println!("{fingerprint} was already revoked");
+            }
+            for c in changes {
+                println!("{c}");
+            }
+            println!("now: refresh every host's TrustedUserCAKeys (`jitca ca trusted`) and RevokedKeys (`jitca krl`)");
         }
         CaCommand::List => {
             for k in registry::list(&conn)? {

@@ -7,6 +7,7 @@
 mod audit;
 mod inventory;
 mod keys;
+mod revoke;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -77,6 +78,10 @@ enum Command {
     /// The audit log
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Revoke live certificates by serial, request, user or device
+    Revoke(revoke::RevokeArgs),
+    /// Write the OpenSSH key revocation list (for sshd's RevokedKeys)
+    Krl(revoke::KrlArgs),
 }
 
 /// Parses the command line, sets up logging and runs the command.
@@ -94,6 +99,8 @@ pub fn main() -> ExitCode {
         Command::Posture(c) => inventory::posture(&cli.paths, c),
         Command::Policy(c) => keys::policy(&cli.paths, c),
         Command::Audit(c) => audit::audit(&cli.paths, c),
+        Command::Revoke(a) => revoke::run_revoke(&cli.paths, a),
+        Command::Krl(a) => revoke::run_krl(&cli.paths, a),
     };
     match result {
         Ok(code) => code,

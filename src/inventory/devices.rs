@@ -8,7 +8,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde_json::json;
 
-use super::{bad, check_attr, operator, parse_status, user_id};
+use super::{MAX_ATTRIBUTES, bad, check_attr, check_value, operator, parse_status, user_id};
 use crate::audit::{self, Event};
 use crate::model::{AttrValue, PostureAttr, Status, check_name};
 use crate::store::StoreError;
@@ -116,11 +116,13 @@ pub fn list_devices(conn: &Connection) -> Result<Vec<DeviceInfo>, StoreError> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// Disables a device. Returns false when it was already disabled.
-pub fn disable_device(conn: &Connection, name: &str, now: i64) -> Result<bool, StoreError> {
+/// Disables a device for good and revokes its live certificates; its key
+/// goes into the KRL. Returns `None` when it was already disabled, else the
+/// serials revoked.
+pub fn disable_device(conn: &Connection, name: &str, now: i64) -> Result<Option<Vec<u64>>, StoreError> {
     let (id, status) = device_id(conn, name)?;
     if status == Status::Inactive {
-        return Ok(false);
+        return Ok(None);
     }
     conn.execute("UPDATE devices SET status = 'inactive' WHERE id = ?1", [id])?;
     let user: String = conn.query_row(
@@ -135,7 +137,8 @@ pub fn disable_device(conn: &Connection, name: &str, now: i64) -> Result<bool, S
             .user(&user)
             .device(name),
     )?;
-    Ok(true)
+    let target = crate::ca::revocation::Target::Device(name.to_string());
+    crate::ca::revocation::revoke(conn, &target, Some("device disabled"), now).map(Some)
 }
 
 /// Stores posture attributes reported at `reported_at`. An attribute already
@@ -267,44 +270,52 @@ pub fn read_import(path: &Path, now: i64) -> Result<Vec<Report>, StoreError> {
     Ok(reports)
 }
 
+/// One line of a posture import, as written. Duplicate keys are an error
+/// (a line naming two devices must not update the last one silently).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReport {
+    device: String,
+    reported_at: serde_json::Value,
+    attributes: serde_json::Map<String, serde_json::Value>,
+}
+
 fn parse_report(text: &str, line: usize, now: i64) -> Result<Report, String> {
-    let v: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("not a JSON object: {e}"))?;
-    let obj = v.as_object().ok_or("not a JSON object")?;
-    for k in obj.keys() {
-        if !matches!(k.as_str(), "device" | "reported_at" | "attributes") {
-            return Err(format!(
-                "unknown key {k:?}: expected device, reported_at, attributes"
-            ));
-        }
-    }
-    let device = obj
-        .get("device")
-        .and_then(|d| d.as_str())
-        .ok_or("missing \"device\" (a device name string)")?;
+    let raw: RawReport = serde_json::from_str(text).map_err(|e| {
+        format!("not a posture report ({e}): expected {{\"device\": ..., \"reported_at\": ..., \"attributes\": {{...}}}}")
+    })?;
+    let device = raw.device.as_str();
     check_name("device", device).map_err(|e| e.to_string())?;
-    let reported_at = match obj.get("reported_at") {
-        Some(serde_json::Value::Number(n)) => n.as_i64().ok_or("\"reported_at\" must be whole unix seconds")?,
-        Some(serde_json::Value::String(s)) => parse_time(s)?,
-        _ => return Err("missing \"reported_at\" (RFC 3339 UTC time like 2026-12-04T10:00:00Z, or unix seconds)".into()),
+    let reported_at = match &raw.reported_at {
+        serde_json::Value::Number(n) => n
+            .as_i64()
+            .ok_or("\"reported_at\" must be whole unix seconds")?,
+        serde_json::Value::String(s) => parse_time(s)?,
+        _ => {
+            return Err("\"reported_at\" must be an RFC 3339 UTC time like 2026-12-04T10:00:00Z, or unix seconds".into());
+        }
     };
     if reported_at > now + MAX_FUTURE_SECS {
         return Err(format!(
             "\"reported_at\" {} lies in the future: check the exporter's clock",
-            obj.get("reported_at")
-                .map(|v| v.to_string())
-                .unwrap_or_default()
+            raw.reported_at
         ));
     }
-    let attrs = obj
-        .get("attributes")
-        .and_then(|a| a.as_object())
-        .ok_or("missing \"attributes\" (an object of attribute values)")?;
+    // A report a little ahead (clock skew) counts as reported now: a time in
+    // the future would otherwise outrank every later report.
+    let reported_at = reported_at.min(now);
+    if raw.attributes.len() > MAX_ATTRIBUTES {
+        return Err(format!(
+            "{} attributes in one report: the limit is {MAX_ATTRIBUTES}",
+            raw.attributes.len()
+        ));
+    }
     let mut attributes = BTreeMap::new();
-    for (k, v) in attrs {
+    for (k, v) in &raw.attributes {
         check_attr(k).map_err(|e| e.to_string())?;
         let value = AttrValue::from_json(v)
             .ok_or_else(|| format!("attribute {k:?} must be a boolean, number or string"))?;
+        check_value(k, &value).map_err(|e| e.to_string())?;
         attributes.insert(k.clone(), value);
     }
     Ok(Report {
@@ -317,8 +328,8 @@ fn parse_report(text: &str, line: usize, now: i64) -> Result<Report, String> {
 
 /// Parses an RFC 3339 time in UTC to unix seconds.
 pub fn parse_time(s: &str) -> Result<i64, String> {
-    let t = humantime::parse_rfc3339_weak(s)
-        .map_err(|e| format!("time {s:?} is not RFC 3339 (e.g. 2026-12-04T10:00:00Z): {e}"))?;
+    let t = humantime::parse_rfc3339(s)
+        .map_err(|e| format!("time {s:?} is not an RFC 3339 UTC time (e.g. 2026-12-04T10:00:00Z): {e}"))?;
     t.duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .map_err(|_| format!("time {s:?} lies before 1970"))
@@ -435,6 +446,22 @@ mod tests {
         let e = read_import(&path, 1_800_000_000).err().unwrap().to_string();
         assert!(e.contains("p.jsonl:3:"), "{e}");
         assert!(e.contains("reported_at"), "{e}");
+    }
+
+    #[test]
+    fn a_report_slightly_ahead_counts_as_now_and_cannot_outrank_later_ones() {
+        let r = parse_report(r#"{"device":"d","reported_at":1200,"attributes":{"x":true}}"#, 1, 1000).unwrap();
+        assert_eq!(r.reported_at, 1000);
+    }
+
+    #[test]
+    fn a_report_with_a_duplicate_key_or_a_zoneless_time_is_refused() {
+        let dup = r#"{"device":"a","reported_at":1,"attributes":{},"device":"b"}"#;
+        assert!(parse_report(dup, 1, 1000).err().unwrap().contains("duplicate field"));
+        let zoneless = r#"{"device":"a","reported_at":"2026-12-04 10:00:00","attributes":{}}"#;
+        assert!(parse_report(zoneless, 1, 2_000_000_000).is_err());
+        let hidden = "{\"device\":\"a\",\"reported_at\":1,\"attributes\":{\"os\":\"mac\u{202e}os\"}}";
+        assert!(parse_report(hidden, 1, 1000).is_err());
     }
 
     #[test]

@@ -100,16 +100,18 @@ pub fn add_user(
     Ok(())
 }
 
-/// Suspends or resumes a user. Returns false when it already had that status.
+/// Suspends or resumes a user. Suspending also revokes the user's live
+/// certificates. Returns `None` when the user already had that status, else
+/// the serials revoked.
 pub fn set_user_status(
     conn: &Connection,
     name: &str,
     status: Status,
     now: i64,
-) -> Result<bool, StoreError> {
+) -> Result<Option<Vec<u64>>, StoreError> {
     let (id, old) = user_id(conn, name)?;
     if old == status {
-        return Ok(false);
+        return Ok(None);
     }
     conn.execute(
         "UPDATE users SET status = ?1 WHERE id = ?2",
@@ -124,7 +126,11 @@ pub fn set_user_status(
         now,
         &Event::new(kind, json!({"actor": operator()})).user(name),
     )?;
-    Ok(true)
+    if status == Status::Active {
+        return Ok(Some(Vec::new()));
+    }
+    let target = crate::ca::revocation::Target::User(name.to_string());
+    crate::ca::revocation::revoke(conn, &target, Some("user suspended"), now).map(Some)
 }
 
 /// Sets user attributes.
@@ -175,8 +181,40 @@ pub fn check_attr(name: &str) -> Result<(), StoreError> {
     }
 }
 
+/// The most attributes one report, `posture set` or `user set` may carry.
+pub const MAX_ATTRIBUTES: usize = 256;
+/// The longest text attribute value, in bytes.
+pub const MAX_VALUE_BYTES: usize = 1024;
+
+/// Checks an attribute value: text of at most [`MAX_VALUE_BYTES`], with no
+/// control or invisible formatting characters (they would hide in audit
+/// records and terminals).
+pub fn check_value(name: &str, value: &AttrValue) -> Result<(), StoreError> {
+    let AttrValue::Text(t) = value else {
+        return Ok(());
+    };
+    if t.len() > MAX_VALUE_BYTES {
+        return Err(StoreError::invalid(format!(
+            "attribute {name} is {} bytes long: the limit is {MAX_VALUE_BYTES}",
+            t.len()
+        )));
+    }
+    if let Some(c) = t.chars().find(|c| crate::model::is_hidden_char(*c)) {
+        return Err(StoreError::invalid(format!(
+            "attribute {name} contains the character {c:?}: remove it"
+        )));
+    }
+    Ok(())
+}
+
 /// Splits `ATTR=VALUE` arguments, refusing the whole list on the first bad one.
 pub fn parse_assignments(args: &[String]) -> Result<Vec<(String, AttrValue)>, StoreError> {
+    if args.len() > MAX_ATTRIBUTES {
+        return Err(StoreError::invalid(format!(
+            "{} attributes at once: the limit is {MAX_ATTRIBUTES}",
+            args.len()
+        )));
+    }
     if args.is_empty() {
         return Err(StoreError::invalid(
             "no attributes given: pass ATTR=VALUE, e.g. disk_encrypted=true",
@@ -188,7 +226,9 @@ pub fn parse_assignments(args: &[String]) -> Result<Vec<(String, AttrValue)>, St
                 StoreError::invalid(format!("{a:?} is not ATTR=VALUE: e.g. disk_encrypted=true"))
             })?;
             check_attr(k)?;
-            Ok((k.to_string(), AttrValue::parse_cli(v)))
+            let value = AttrValue::parse_cli(v);
+            check_value(k, &value)?;
+            Ok((k.to_string(), value))
         })
         .collect()
 }
@@ -336,8 +376,8 @@ mod tests {
     fn suspend_is_audited_once() {
         let (_d, conn) = db();
         add_user(&conn, "alice", &[], 1).unwrap();
-        assert!(set_user_status(&conn, "alice", Status::Inactive, 2).unwrap());
-        assert!(!set_user_status(&conn, "alice", Status::Inactive, 3).unwrap());
+        assert_eq!(set_user_status(&conn, "alice", Status::Inactive, 2).unwrap(), Some(vec![]));
+        assert_eq!(set_user_status(&conn, "alice", Status::Inactive, 3).unwrap(), None);
         let n: i64 = conn
             .query_row(
                 "SELECT COUNT(*) FROM audit WHERE kind = 'user-suspended'",

@@ -45,6 +45,8 @@ pub struct Policy {
     sha256: String,
     backdate: Duration,
     max_ttl: Duration,
+    publish_ahead: Duration,
+    rotate_every: Duration,
     roles: BTreeMap<String, Role>,
     profiles: BTreeMap<String, PostureProfile>,
     notify: Option<Vec<String>>,
@@ -217,6 +219,16 @@ impl Policy {
     /// The global TTL cap (`[ca].max_ttl`); every role's `max_ttl` is at most this.
     pub fn max_ttl(&self) -> Duration {
         self.max_ttl
+    }
+
+    /// How long a new CA key is published before it starts signing.
+    pub fn publish_ahead(&self) -> Duration {
+        self.publish_ahead
+    }
+
+    /// How long a CA key signs before a rotation replaces it.
+    pub fn rotate_every(&self) -> Duration {
+        self.rotate_every
     }
 
     /// The role named `name`, if the policy defines it.

@@ -81,6 +81,8 @@ pub type StrList = Spanned<Vec<SpannedStr>>;
 pub struct RawCa {
     pub backdate: Option<SpannedStr>,
     pub max_ttl: Option<SpannedStr>,
+    pub publish_ahead: Option<SpannedStr>,
+    pub rotate_every: Option<SpannedStr>,
 }
 
 /// `[posture.NAME]`.

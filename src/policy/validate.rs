@@ -20,6 +20,10 @@ use crate::model::check_name;
 pub const DEFAULT_BACKDATE: Duration = Duration::from_secs(120);
 /// `[ca].max_ttl` when the file gives none.
 pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(8 * 3600);
+/// How long a new CA key is published before it signs, unless `[ca] publish_ahead` says.
+pub const DEFAULT_PUBLISH_AHEAD: Duration = Duration::from_secs(24 * 3600);
+/// How long a CA key signs before `jitca ca rotate` replaces it, unless `[ca] rotate_every` says.
+pub const DEFAULT_ROTATE_EVERY: Duration = Duration::from_secs(30 * 24 * 3600);
 /// The largest backdate accepted: it only has to cover clock skew.
 pub const BACKDATE_LIMIT: Duration = Duration::from_secs(3600);
 /// The longest certificate a break-glass role may grant: it is used without
@@ -28,7 +32,8 @@ pub const BREAK_GLASS_MAX_TTL: Duration = Duration::from_secs(3600);
 
 /// Validates a raw document; `Err` holds every problem found in both stages.
 pub fn build(mut ctx: Ctx<'_>, doc: RawDocument, sha256: String) -> Result<Policy, PolicyError> {
-    let (backdate, max_ttl) = ca(&mut ctx, &doc);
+    let ca = ca(&mut ctx, &doc);
+    let (backdate, max_ttl) = (ca.backdate, ca.max_ttl);
 
     // Names of every profile that was written, even a broken one, so a role
     // naming a broken profile is not also told the profile is missing.
@@ -63,6 +68,8 @@ pub fn build(mut ctx: Ctx<'_>, doc: RawDocument, sha256: String) -> Result<Polic
         sha256,
         backdate,
         max_ttl,
+        publish_ahead: ca.publish_ahead,
+        rotate_every: ca.rotate_every,
         roles,
         profiles,
         notify,
@@ -70,24 +77,58 @@ pub fn build(mut ctx: Ctx<'_>, doc: RawDocument, sha256: String) -> Result<Polic
     })
 }
 
-fn ca(ctx: &mut Ctx<'_>, doc: &RawDocument) -> (Duration, Duration) {
+/// The `[ca]` table, with defaults for what it leaves out.
+pub struct CaSettings {
+    pub backdate: Duration,
+    pub max_ttl: Duration,
+    pub publish_ahead: Duration,
+    pub rotate_every: Duration,
+}
+
+fn ca(ctx: &mut Ctx<'_>, doc: &RawDocument) -> CaSettings {
+    let defaults = CaSettings {
+        backdate: DEFAULT_BACKDATE,
+        max_ttl: DEFAULT_MAX_TTL,
+        publish_ahead: DEFAULT_PUBLISH_AHEAD,
+        rotate_every: DEFAULT_ROTATE_EVERY,
+    };
     let Some(raw) = &doc.ca else {
-        return (DEFAULT_BACKDATE, DEFAULT_MAX_TTL);
+        return defaults;
     };
     let backdate = match &raw.backdate {
         Some(v) => parse_duration(ctx, "[ca] backdate", v, BACKDATE_LIMIT),
         None => Some(DEFAULT_BACKDATE),
     };
-    let max_ttl = match &raw.max_ttl {
-        Some(v) => parse_duration(ctx, "[ca] max_ttl", v, DURATION_LIMIT)
-            .and_then(|d| positive(ctx, "[ca] max_ttl", v, d)),
-        None => Some(DEFAULT_MAX_TTL),
+    let mut positive_or = |key: &str, v: &Option<super::raw::SpannedStr>, default: Duration| match v {
+        Some(v) => parse_duration(ctx, &format!("[ca] {key}"), v, DURATION_LIMIT)
+            .and_then(|d| positive(ctx, &format!("[ca] {key}"), v, d)),
+        None => Some(default),
     };
+    let max_ttl = positive_or("max_ttl", &raw.max_ttl, DEFAULT_MAX_TTL);
+    let publish_ahead = positive_or("publish_ahead", &raw.publish_ahead, DEFAULT_PUBLISH_AHEAD);
+    let rotate_every = positive_or("rotate_every", &raw.rotate_every, DEFAULT_ROTATE_EVERY);
+    if let (Some(ahead), Some(every)) = (publish_ahead, rotate_every) {
+        if ahead >= every {
+            let span = raw.publish_ahead.as_ref().or(raw.rotate_every.as_ref()).map(|v| v.span());
+            if let Some(span) = span {
+                ctx.error(
+                    span,
+                    format!(
+                        "[ca] publish_ahead {} must be shorter than rotate_every {}: a new key is published that long before it starts signing",
+                        super::duration::format(ahead),
+                        super::duration::format(every)
+                    ),
+                );
+            }
+        }
+    }
     // On error the defaults stand in, only so the roles can still be checked.
-    (
-        backdate.unwrap_or(DEFAULT_BACKDATE),
-        max_ttl.unwrap_or(DEFAULT_MAX_TTL),
-    )
+    CaSettings {
+        backdate: backdate.unwrap_or(defaults.backdate),
+        max_ttl: max_ttl.unwrap_or(defaults.max_ttl),
+        publish_ahead: publish_ahead.unwrap_or(defaults.publish_ahead),
+        rotate_every: rotate_every.unwrap_or(defaults.rotate_every),
+    }
 }
 
 fn profile(ctx: &mut Ctx<'_>, named: &Named<RawProfile>) -> Option<PostureProfile> {

@@ -96,6 +96,12 @@ pub enum Command {
     },
     /// Show what the CA knows about you and your device
     Whoami,
+    /// Print the current key revocation list (base64 on one line; --raw for the binary file)
+    Krl {
+        /// Write the binary KRL instead of base64
+        #[arg(long)]
+        raw: bool,
+    },
     /// Show, rule by rule, whether a request for ROLE would pass (issues nothing)
     Explain {
         /// The role, as named in the CA's policy
@@ -118,8 +124,8 @@ fn parse_reason(s: &str) -> Result<String, String> {
             "the reason is longer than {MAX_REASON_CHARS} characters"
         ));
     }
-    if s.chars().any(char::is_control) {
-        return Err("the reason contains control characters".into());
+    if s.chars().any(crate::model::is_hidden_char) {
+        return Err("the text contains control or invisible formatting characters: remove them".into());
     }
     Ok(s.to_string())
 }
@@ -234,6 +240,8 @@ mod tests {
             "request a b",
             "request r --ttl soon",
             "request r --reason ''",
+            "request r --reason 'a\u{202e}b'",
+            "request r --reason 'zero\u{200b}width'",
             "request 'unterminated",
             "whoami\u{7}",
         ] {

@@ -276,17 +276,29 @@ async fn sign_in_writer(
         .await
 }
 
-/// Next serial: one more than the highest ever issued. Runs in the writer's
-/// transaction, so two issuances can never draw the same number.
+/// Next serial: one more than the last handed out, from a counter that only
+/// goes up (pruning old certificate rows cannot make a serial come back, and
+/// two certificates with one serial would make a KRL revoke the wrong one).
+/// Runs in the writer's transaction, so two issuances never draw the same
+/// number.
 fn next_serial(conn: &Connection) -> Result<u64, StoreError> {
-    let max: i64 = conn
-        .prepare_cached("SELECT COALESCE(MAX(serial), 0) FROM certificates")?
-        .query_row([], |r| r.get(0))?;
-    u64::try_from(max)
+    let (counter, max): (i64, i64) = conn
+        .prepare_cached(
+            "SELECT (SELECT COALESCE(MAX(value), 0) FROM counters WHERE name = 'serial'),
+                    (SELECT COALESCE(MAX(serial), 0) FROM certificates)",
+        )?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let next = u64::try_from(counter.max(max))
         .ok()
         .and_then(|m| m.checked_add(1))
         .filter(|s| *s <= i64::MAX as u64)
-        .ok_or_else(|| StoreError::invalid("certificate serials are exhausted"))
+        .ok_or_else(|| StoreError::invalid("certificate serials are exhausted"))?;
+    conn.prepare_cached(
+        "INSERT INTO counters (name, value) VALUES ('serial', ?1)
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+    )?
+    .execute([next as i64])?;
+    Ok(next)
 }
 
 /// The certificate already issued for a request, if any.

@@ -1,19 +1,22 @@
 //! Rate limits on what a peer can make the daemon write.
 //!
-//! Refusals at authentication are audited, but a peer retrying one key
-//! must not grow the audit log without bound: the same key refused from the
-//! same peer for the same reason is recorded at most once a minute (the next
-//! record says how many were folded into it), and at most 20 refusals a
-//! second are recorded in all.
+//! Refusals at authentication are audited, but a peer retrying keys must not
+//! grow the audit log without bound. The same key refused from the same peer
+//! for the same reason is recorded at most once a minute (the next record
+//! says how many were folded into it). Refusals of keys that are not
+//! enrolled — anyone can offer any public key — are also capped at 20 a
+//! second in all; the next record says how many the cap dropped. Refusals
+//! of enrolled keys (a suspended user, a disabled device) are never dropped
+//! by that cap, so a flood of strangers cannot hide them.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// A refusal of one key from one peer is audited at most once per this interval.
+/// A refusal of one key from one peer for one reason is audited at most once per this interval.
 const PER_KEY_INTERVAL: Duration = Duration::from_secs(60);
-/// At most this many refusals are audited per second, all peers together.
+/// At most this many refusals of unknown keys are audited per second, all peers together.
 const GLOBAL_PER_SECOND: u32 = 20;
 /// Entries kept before old ones are pruned.
 const MAX_ENTRIES: usize = 10_000;
@@ -21,10 +24,10 @@ const MAX_ENTRIES: usize = 10_000;
 /// Whether to write an audit record for a refusal.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Admit {
-    /// Write it; `suppressed` refusals of this key and peer were dropped since the last one.
-    Record {
-        suppressed: u64,
-    },
+    /// Write it. `repeats`: refusals of this key, peer and reason folded
+    /// into this one since the last record; `dropped`: refusals of unknown
+    /// keys the global cap dropped since the last record that said so.
+    Record { repeats: u64, dropped: u64 },
     Drop,
 }
 
@@ -38,36 +41,40 @@ struct Inner {
     seen: HashMap<(IpAddr, String), (Instant, u64)>,
     window: Option<Instant>,
     in_window: u32,
+    dropped: u64,
 }
 
 impl RefusalLimiter {
     /// Whether to audit a refusal of the key `fingerprint` from `peer` for
-    /// `reason`. A refusal for a new reason is never folded into an old one.
-    pub fn admit(&self, peer: IpAddr, fingerprint: &str, reason: &str) -> Admit {
-        self.admit_at(peer, &format!("{fingerprint} {reason}"), Instant::now())
+    /// `reason`; `enrolled` when the key belongs to a known device.
+    pub fn admit(&self, peer: IpAddr, fingerprint: &str, reason: &str, enrolled: bool) -> Admit {
+        self.admit_at(peer, &format!("{fingerprint} {reason}"), enrolled, Instant::now())
     }
 
-    fn admit_at(&self, peer: IpAddr, fingerprint: &str, now: Instant) -> Admit {
+    fn admit_at(&self, peer: IpAddr, key: &str, enrolled: bool, now: Instant) -> Admit {
         let Ok(mut inner) = self.inner.lock() else {
             return Admit::Drop;
         };
-        let key = (peer, fingerprint.to_string());
-        if let Some((last, dropped)) = inner.seen.get_mut(&key) {
+        let key = (peer, key.to_string());
+        if let Some((last, repeats)) = inner.seen.get_mut(&key) {
             if now.duration_since(*last) < PER_KEY_INTERVAL {
-                *dropped += 1;
+                *repeats += 1;
                 return Admit::Drop;
             }
         }
-        match inner.window {
-            Some(start) if now.duration_since(start) < Duration::from_secs(1) => {
-                if inner.in_window >= GLOBAL_PER_SECOND {
-                    return Admit::Drop;
+        if !enrolled {
+            match inner.window {
+                Some(start) if now.duration_since(start) < Duration::from_secs(1) => {
+                    if inner.in_window >= GLOBAL_PER_SECOND {
+                        inner.dropped += 1;
+                        return Admit::Drop;
+                    }
+                    inner.in_window += 1;
                 }
-                inner.in_window += 1;
-            }
-            _ => {
-                inner.window = Some(now);
-                inner.in_window = 1;
+                _ => {
+                    inner.window = Some(now);
+                    inner.in_window = 1;
+                }
             }
         }
         if inner.seen.len() >= MAX_ENTRIES {
@@ -78,12 +85,9 @@ impl RefusalLimiter {
                 inner.seen.clear();
             }
         }
-        let suppressed = inner
-            .seen
-            .insert(key, (now, 0))
-            .map(|(_, d)| d)
-            .unwrap_or(0);
-        Admit::Record { suppressed }
+        let repeats = inner.seen.insert(key, (now, 0)).map(|(_, d)| d).unwrap_or(0);
+        let dropped = std::mem::take(&mut inner.dropped);
+        Admit::Record { repeats, dropped }
     }
 }
 
@@ -91,31 +95,42 @@ impl RefusalLimiter {
 mod tests {
     use super::*;
 
+    fn ip() -> IpAddr {
+        "127.0.0.1".parse().unwrap()
+    }
+
     #[test]
-    fn one_record_per_key_and_peer_per_interval() {
+    fn one_record_per_key_peer_and_reason_per_interval() {
         let l = RefusalLimiter::default();
-        let ip: IpAddr = "127.0.0.1".parse().unwrap();
         let t0 = Instant::now();
-        assert_eq!(l.admit_at(ip, "k", t0), Admit::Record { suppressed: 0 });
+        assert_eq!(l.admit_at(ip(), "k a", false, t0), Admit::Record { repeats: 0, dropped: 0 });
+        assert_eq!(l.admit_at(ip(), "k a", false, t0 + Duration::from_secs(1)), Admit::Drop);
+        assert_eq!(l.admit_at(ip(), "k b", false, t0), Admit::Record { repeats: 0, dropped: 0 });
         assert_eq!(
-            l.admit_at(ip, "k", t0 + Duration::from_secs(1)),
-            Admit::Drop
-        );
-        assert_eq!(l.admit_at(ip, "other", t0), Admit::Record { suppressed: 0 });
-        assert_eq!(
-            l.admit_at(ip, "k", t0 + PER_KEY_INTERVAL + Duration::from_secs(1)),
-            Admit::Record { suppressed: 1 }
+            l.admit_at(ip(), "k a", false, t0 + PER_KEY_INTERVAL + Duration::from_secs(1)),
+            Admit::Record { repeats: 1, dropped: 0 }
         );
     }
 
     #[test]
-    fn a_flood_is_capped_globally() {
+    fn a_flood_of_unknown_keys_is_capped_and_counted() {
         let l = RefusalLimiter::default();
-        let ip: IpAddr = "127.0.0.1".parse().unwrap();
         let t0 = Instant::now();
         let recorded = (0..100)
-            .filter(|i| matches!(l.admit_at(ip, &format!("k{i}"), t0), Admit::Record { .. }))
+            .filter(|i| matches!(l.admit_at(ip(), &format!("k{i}"), false, t0), Admit::Record { .. }))
             .count();
         assert_eq!(recorded, GLOBAL_PER_SECOND as usize);
+        let later = t0 + Duration::from_secs(2);
+        assert_eq!(l.admit_at(ip(), "new", false, later), Admit::Record { repeats: 0, dropped: 80 });
+    }
+
+    #[test]
+    fn a_flood_cannot_hide_an_enrolled_key() {
+        let l = RefusalLimiter::default();
+        let t0 = Instant::now();
+        for i in 0..100 {
+            l.admit_at(ip(), &format!("k{i}"), false, t0);
+        }
+        assert!(matches!(l.admit_at(ip(), "bob disabled", true, t0), Admit::Record { .. }));
     }
 }

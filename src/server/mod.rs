@@ -15,7 +15,8 @@ mod session;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use russh::keys::PrivateKey;
@@ -115,8 +116,8 @@ impl State {
         who: Option<&Identity>,
         reason: &str,
     ) {
-        let suppressed = match self.refusals.admit(peer, fingerprint, reason) {
-            limits::Admit::Record { suppressed } => suppressed,
+        let (repeats, dropped) = match self.refusals.admit(peer, fingerprint, reason, who.is_some()) {
+            limits::Admit::Record { repeats, dropped } => (repeats, dropped),
             limits::Admit::Drop => return,
         };
         let mut event = Event::new(
@@ -126,7 +127,8 @@ impl State {
                 "fingerprint": fingerprint,
                 "key_type": key_type,
                 "reason": reason,
-                "suppressed_since_last": suppressed,
+                "repeats_folded_in": repeats,
+                "unknown_keys_dropped": dropped,
             }),
         );
         if let Some(w) = who {
@@ -165,9 +167,50 @@ impl State {
     }
 }
 
+/// Keeps `path` holding the current KRL: writes it at start, then looks
+/// every [`SWEEP_EVERY`] and rewrites it (atomically) whenever what it must
+/// list has changed, including certificates dropping out as they expire.
+pub async fn keep_krl(state: Arc<State>, path: PathBuf) {
+    let mut written: Option<Vec<u8>> = None;
+    loop {
+        let spec = state
+            .readers
+            .run(|conn| crate::ca::revocation::krl_spec(conn, now_unix()))
+            .await;
+        match spec {
+            Ok(mut spec) => {
+                let version = spec.version;
+                let date = spec.generated_date;
+                // Compare content only: the version and date change every second.
+                spec.version = 0;
+                spec.generated_date = 0;
+                let content = crate::ca::krl::encode(&spec);
+                if written.as_ref() != Some(&content) {
+                    spec.version = version;
+                    spec.generated_date = date;
+                    let bytes = crate::ca::krl::encode(&spec);
+                    match crate::ca::krl::write_atomically(&path, &bytes) {
+                        Ok(()) => {
+                            tracing::info!(file = %path.display(), bytes = bytes.len(), "KRL rewritten");
+                            written = Some(content);
+                        }
+                        Err(e) => tracing::error!(file = %path.display(), error = %e, "cannot write the KRL"),
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot build the KRL"),
+        }
+        tokio::time::sleep(SWEEP_EVERY).await;
+    }
+}
+
 /// Limits of the listener.
 pub struct Limits {
     pub max_connections: usize,
+    /// Connections from one peer address at once, at most.
+    pub max_per_peer: usize,
+    /// A connection that has not authenticated this long after it opened is closed.
+    pub login_grace: Duration,
     /// A connection that sends nothing for this long is closed.
     pub idle_timeout: Duration,
 }
@@ -187,6 +230,18 @@ fn config(host_key: PrivateKey, limits: &Limits) -> russh::server::Config {
         max_auth_attempts: 6,
         inactivity_timeout: Some(limits.idle_timeout),
         nodelay: true,
+        preferred: russh::Preferred {
+            // No ssh-rsa (SHA-1) in server-sig-algs; see the handler's refusal.
+            key: std::borrow::Cow::Owned(
+                russh::Preferred::DEFAULT
+                    .key
+                    .iter()
+                    .filter(|a| !matches!(a, russh::keys::Algorithm::Rsa { hash: None }))
+                    .cloned()
+                    .collect(),
+            ),
+            ..russh::Preferred::DEFAULT
+        },
         ..Default::default()
     }
 }
@@ -200,6 +255,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let config = Arc::new(config(host_key, &limits));
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let per_peer: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
 
     let reload = state.clone();
     tokio::spawn(async move {
@@ -236,24 +292,60 @@ pub async fn serve(
             drop(socket);
             continue;
         };
+        let Some(slot) = PeerSlot::take(&per_peer, peer.ip(), limits.max_per_peer) else {
+            tracing::warn!(%peer, max = limits.max_per_peer, "per-peer connection limit reached; closing");
+            drop(socket);
+            continue;
+        };
         let _ = socket.set_nodelay(true);
         let config = config.clone();
         let state = state.clone();
+        let grace = limits.login_grace;
         tokio::spawn(async move {
-            connection(config, state, socket, peer).await;
+            connection(config, state, socket, peer, grace).await;
+            drop(slot);
             drop(permit);
         });
     }
 }
 
-/// How long a client has to authenticate before it is disconnected.
-const LOGIN_GRACE: Duration = Duration::from_secs(30);
+/// One peer's share of the connection limit, given back on drop.
+struct PeerSlot {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    peer: IpAddr,
+}
+
+impl PeerSlot {
+    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, peer: IpAddr, max: usize) -> Option<PeerSlot> {
+        let mut map = counts.lock().ok()?;
+        let n = map.entry(peer).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot { counts: counts.clone(), peer })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.counts.lock() {
+            if let Some(n) = map.get_mut(&self.peer) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&self.peer);
+                }
+            }
+        }
+    }
+}
 
 async fn connection(
     config: Arc<russh::server::Config>,
     state: Arc<State>,
     socket: tokio::net::TcpStream,
     peer: SocketAddr,
+    login_grace: Duration,
 ) {
     let authenticated = Arc::new(AtomicBool::new(false));
     let handler = session::Connection::new(state, peer, authenticated.clone());
@@ -261,7 +353,7 @@ async fn connection(
         Ok(running) => {
             let handle = running.handle();
             let grace = tokio::spawn(async move {
-                tokio::time::sleep(LOGIN_GRACE).await;
+                tokio::time::sleep(login_grace).await;
                 if !authenticated.load(Ordering::Acquire) {
                     tracing::warn!(%peer, "no authentication within the grace time; disconnecting");
                     let _ = handle

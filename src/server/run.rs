@@ -16,15 +16,15 @@ use crate::policy::{Decision, Outcome, RequestParams};
 
 /// What goes back over the channel.
 pub struct Output {
-    pub stdout: String,
+    pub stdout: Vec<u8>,
     pub stderr: String,
     pub status: u32,
 }
 
 impl Output {
-    pub fn stdout(text: String, status: u32) -> Output {
+    pub fn stdout(text: impl Into<Vec<u8>>, status: u32) -> Output {
         Output {
-            stdout: text,
+            stdout: text.into(),
             stderr: String::new(),
             status,
         }
@@ -32,7 +32,7 @@ impl Output {
 
     pub fn stderr(text: String, status: u32) -> Output {
         Output {
-            stdout: String::new(),
+            stdout: Vec::new(),
             stderr: text,
             status,
         }
@@ -89,6 +89,7 @@ pub async fn run_command(
             approve::fetch(state, who, key, peer, &id, wait, progress).await
         }
         Command::Status => approve::status(state, who).await,
+        Command::Krl { raw } => krl(state, raw).await,
         Command::Pending => approve::pending(state, who, peer).await,
         Command::Show { id } => approve::show(state, who, peer, &id).await,
         Command::Approve { id, comment } => {
@@ -189,6 +190,27 @@ pub fn rfc3339(unix: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(unix)).to_string()
 }
 
+/// `krl`: the current KRL, base64 on one line or raw bytes.
+async fn krl(state: &State, raw: bool) -> Output {
+    let spec = state
+        .readers
+        .run(|conn| crate::ca::revocation::krl_spec(conn, now_unix()))
+        .await;
+    match spec {
+        Ok(spec) => {
+            let bytes = crate::ca::krl::encode(&spec);
+            if raw {
+                Output::stdout(bytes, exit::OK)
+            } else {
+                use base64::Engine as _;
+                let line = base64::engine::general_purpose::STANDARD.encode(bytes);
+                Output::stdout(format!("{line}\n"), exit::OK)
+            }
+        }
+        Err(e) => request_error(RequestError::Internal(e)),
+    }
+}
+
 fn list_or_none(items: &[String]) -> String {
     if items.is_empty() {
         "(none)".into()
@@ -214,7 +236,7 @@ pub fn issued_output(i: &Issued, role: &str) -> Output {
         ""
     };
     Output {
-        stdout: format!("{}\n", i.line),
+        stdout: format!("{}\n", i.line).into_bytes(),
         stderr: format!(
             "issued certificate serial {}{again} for {} ({role}), valid for {}: from {} to {}\nkey id {}\n",
             i.serial,

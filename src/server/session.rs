@@ -8,10 +8,11 @@
 //! denied", and still gets nothing. The login name carries no meaning.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use russh::keys::{HashAlg, PublicKey};
+use russh::keys::{Algorithm, HashAlg, PublicKey};
 use russh::server::{
     Auth, ChannelOpenHandle, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
 };
@@ -33,8 +34,11 @@ pub struct Connection {
     caller: Option<(Identity, PublicKey)>,
     /// Set when an enrolled but inactive key authenticated: the reason it is refused.
     refused: Option<String>,
-    channels: Vec<ChannelId>,
-    running: Vec<ChannelId>,
+    /// Session channels open now. A command's task removes its channel when
+    /// it closes it, so the limit counts channels at once, not in a lifetime.
+    channels: Arc<Mutex<HashSet<ChannelId>>>,
+    /// Channels that have had their one exec (or shell) request.
+    used: HashSet<ChannelId>,
     /// Set once authentication succeeded; read by the login grace timer.
     authenticated: Arc<AtomicBool>,
 }
@@ -46,8 +50,8 @@ impl Connection {
             peer,
             caller: None,
             refused: None,
-            channels: Vec::new(),
-            running: Vec::new(),
+            channels: Arc::default(),
+            used: HashSet::new(),
             authenticated,
         }
     }
@@ -77,7 +81,22 @@ impl Handler for Connection {
         _user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        if self.lookup(offer.public_key).await.is_some() {
+        let known = self.lookup(offer.public_key).await;
+        if matches!(offer.algorithm, Algorithm::Rsa { hash: None }) {
+            // RFC 8332: ssh-rsa signs with SHA-1, which no longer proves possession.
+            let fp = offer.public_key.fingerprint(HashAlg::Sha256).to_string();
+            self.state
+                .record_refusal(
+                    self.peer.ip(),
+                    &fp,
+                    offer.algorithm.as_str(),
+                    known.as_ref(),
+                    "ssh-rsa (SHA-1) signatures are refused: use rsa-sha2-512 or rsa-sha2-256",
+                )
+                .await;
+            return Ok(Auth::reject());
+        }
+        if known.is_some() {
             return Ok(Auth::Accept);
         }
         let fp = offer.public_key.fingerprint(HashAlg::Sha256).to_string();
@@ -124,6 +143,25 @@ impl Handler for Connection {
         Ok(Auth::Accept)
     }
 
+    async fn auth_openssh_certificate(
+        &mut self,
+        _user: &str,
+        certificate: &russh::keys::Certificate,
+    ) -> Result<Auth, Self::Error> {
+        let fp = certificate.public_key().fingerprint(HashAlg::Sha256).to_string();
+        tracing::warn!(peer = %self.peer, fingerprint = %fp, "refused a certificate offered for authentication");
+        self.state
+            .record_refusal(
+                self.peer.ip(),
+                &fp,
+                certificate.algorithm().as_str(),
+                None,
+                "a certificate was offered: authenticate with the enrolled key itself",
+            )
+            .await;
+        Ok(Auth::reject())
+    }
+
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
         if let Some(reason) = &self.refused {
             session.disconnect(Disconnect::ByApplication, reason, "")?;
@@ -143,11 +181,17 @@ impl Handler for Connection {
                 .await;
             return Ok(());
         }
-        if self.channels.len() >= MAX_CHANNELS {
+        let admitted = match self.channels.lock() {
+            Ok(mut open) if open.len() < MAX_CHANNELS => {
+                open.insert(channel.id());
+                true
+            }
+            _ => false,
+        };
+        if !admitted {
             reply.reject(ChannelOpenFailure::ResourceShortage).await;
             return Ok(());
         }
-        self.channels.push(channel.id());
         reply.accept().await;
         Ok(())
     }
@@ -157,8 +201,9 @@ impl Handler for Connection {
         channel: ChannelId,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.channels.retain(|c| *c != channel);
-        self.running.retain(|c| *c != channel);
+        if let Ok(mut open) = self.channels.lock() {
+            open.remove(&channel);
+        }
         Ok(())
     }
 
@@ -174,6 +219,30 @@ impl Handler for Connection {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         // Output is plain lines; a terminal would only mangle a certificate.
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        tracing::debug!(peer = %self.peer, subsystem = name, "refused a subsystem request");
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         session.channel_failure(channel)?;
         Ok(())
     }
@@ -196,11 +265,13 @@ impl Handler for Connection {
             session.channel_failure(channel)?;
             return Ok(());
         };
-        if self.running.contains(&channel) || !self.channels.contains(&channel) {
+        let is_open = self.channels.lock().is_ok_and(|open| open.contains(&channel));
+        if self.used.contains(&channel) || !is_open {
             session.channel_failure(channel)?;
             return Ok(());
         }
-        self.running.push(channel);
+        self.used.insert(channel);
+        let channels = self.channels.clone();
         session.channel_success(channel)?;
 
         let handle = session.handle();
@@ -235,7 +306,7 @@ impl Handler for Connection {
             drop(progress);
             let _ = forward.await;
             if !out.stdout.is_empty() {
-                let _ = handle.data(channel, out.stdout.into_bytes()).await;
+                let _ = handle.data(channel, out.stdout).await;
             }
             if !out.stderr.is_empty() {
                 let _ = handle
@@ -245,6 +316,9 @@ impl Handler for Connection {
             let _ = handle.exit_status_request(channel, out.status).await;
             let _ = handle.eof(channel).await;
             let _ = handle.close(channel).await;
+            if let Ok(mut open) = channels.lock() {
+                open.remove(&channel);
+            }
         });
         Ok(())
     }

@@ -131,4 +131,13 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE certificates ADD COLUMN certificate TEXT;
     CREATE INDEX certificates_by_request ON certificates(request_id);
     "#,
+    // 3: counters that must never go back, whatever is pruned: the last
+    // certificate serial handed out.
+    r#"
+    CREATE TABLE counters (
+        name        TEXT PRIMARY KEY,
+        value       INTEGER NOT NULL
+    );
+    INSERT INTO counters (name, value) SELECT 'serial', COALESCE(MAX(serial), 0) FROM certificates;
+    "#,
 ];

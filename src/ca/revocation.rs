@@ -1,0 +1,154 @@
+//! Revoking certificates, and what the KRL must list.
+//!
+//! A revocation marks live certificates revoked (`certificates.revoked_at`)
+//! and appends one audit record naming them. Certificates that have already
+//! expired need no revocation: `sshd` refuses them anyway, and the KRL stays
+//! small because it lists only the live ones. The KRL itself is built from
+//! the database each time ([`krl_spec`]): revoked live serials per CA key,
+//! the keys of disabled devices, and CA keys revoked outright.
+
+use std::collections::BTreeMap;
+
+use russh::keys::PublicKey;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::json;
+
+use super::krl::KrlSpec;
+use crate::audit::{self, Event};
+use crate::store::StoreError;
+
+/// What to revoke.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Serial(u64),
+    Request(String),
+    User(String),
+    Device(String),
+    /// Every certificate signed by this CA key (by `ca_keys.id`).
+    CaKey(i64),
+}
+
+impl Target {
+    fn describe(&self) -> String {
+        match self {
+            Target::Serial(s) => format!("serial {s}"),
+            Target::Request(r) => format!("request {r}"),
+            Target::User(u) => format!("user {u}"),
+            Target::Device(d) => format!("device {d}"),
+            Target::CaKey(id) => format!("CA key {id}"),
+        }
+    }
+}
+
+/// Marks every live certificate matching `target` revoked and audits it.
+/// Returns the serials revoked now (none when all were expired or revoked
+/// already). An unknown serial, request, user or device is an error.
+pub fn revoke(conn: &Connection, target: &Target, reason: Option<&str>, now: i64) -> Result<Vec<u64>, StoreError> {
+    let (filter, arg): (&str, rusqlite::types::Value) = match target {
+        Target::Serial(s) => ("c.serial = ?1", (*s as i64).into()),
+        Target::Request(r) => ("c.request_id = ?1", r.clone().into()),
+        Target::User(u) => ("c.user_id = (SELECT id FROM users WHERE name = ?1)", u.clone().into()),
+        Target::Device(d) => ("c.device_id = (SELECT id FROM devices WHERE name = ?1)", d.clone().into()),
+        Target::CaKey(id) => ("c.ca_key_id = ?1", (*id).into()),
+    };
+    check_exists(conn, target)?;
+    let sql = format!(
+        "SELECT c.serial, u.name, d.name FROM certificates c
+         JOIN users u ON u.id = c.user_id JOIN devices d ON d.id = c.device_id
+         WHERE {filter} AND c.revoked_at IS NULL AND c.valid_before > ?2 ORDER BY c.serial"
+    );
+    let live: Vec<(i64, String, String)> = {
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map(params![arg, now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    if live.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare_cached(
+        "UPDATE certificates SET revoked_at = ?2, revoke_reason = ?3 WHERE serial = ?1 AND revoked_at IS NULL",
+    )?;
+    for (serial, _, _) in &live {
+        stmt.execute(params![serial, now, reason])?;
+    }
+    let serials: Vec<u64> = live.iter().map(|(s, _, _)| *s as u64).collect();
+    let mut event = Event::new(
+        "revoked",
+        json!({"target": target.describe(), "serials": serials, "reason": reason,
+               "actor": crate::inventory::operator()}),
+    );
+    // Name the user and device when the revocation concerns one of each.
+    let users: std::collections::BTreeSet<&str> = live.iter().map(|(_, u, _)| u.as_str()).collect();
+    let devices: std::collections::BTreeSet<&str> = live.iter().map(|(_, _, d)| d.as_str()).collect();
+    if let [user] = users.into_iter().collect::<Vec<_>>()[..] {
+        event = event.user(user);
+    }
+    if let [device] = devices.into_iter().collect::<Vec<_>>()[..] {
+        event = event.device(device);
+    }
+    if let Target::Request(r) = target {
+        event.request_id = Some(r.clone());
+    }
+    audit::append(conn, now, &event)?;
+    Ok(serials)
+}
+
+fn check_exists(conn: &Connection, target: &Target) -> Result<(), StoreError> {
+    let (sql, arg, what): (&str, rusqlite::types::Value, String) = match target {
+        Target::Serial(s) => ("SELECT 1 FROM certificates WHERE serial = ?1", (*s as i64).into(), format!("no certificate has serial {s}: see `jitca audit list --kind issued`")),
+        Target::Request(r) => ("SELECT 1 FROM requests WHERE id = ?1", r.clone().into(), format!("there is no request {r}")),
+        Target::User(u) => ("SELECT 1 FROM users WHERE name = ?1", u.clone().into(), format!("no user named {u:?}: see `jitca user list`")),
+        Target::Device(d) => ("SELECT 1 FROM devices WHERE name = ?1", d.clone().into(), format!("no device named {d:?}: see `jitca device list`")),
+        Target::CaKey(_) => return Ok(()),
+    };
+    let found: Option<i64> = conn.query_row(sql, [arg], |r| r.get(0)).optional()?;
+    found.map(|_| ()).ok_or_else(|| StoreError::invalid(what))
+}
+
+fn parse_key(line: &str) -> Result<PublicKey, StoreError> {
+    PublicKey::from_openssh(line.trim())
+        .map_err(|e| StoreError::invalid(format!("a stored public key does not parse ({e}): the database is damaged")))
+}
+
+/// What the KRL must hold now: the revoked, still-live serials of each CA
+/// key, the keys of disabled devices, and the CA keys revoked outright.
+pub fn krl_spec(conn: &Connection, now: i64) -> Result<KrlSpec, StoreError> {
+    let mut by_ca: BTreeMap<i64, (String, Vec<u64>)> = BTreeMap::new();
+    {
+        let mut stmt = conn.prepare(
+            "SELECT k.id, k.public_key, c.serial FROM certificates c JOIN ca_keys k ON k.id = c.ca_key_id
+             WHERE c.revoked_at IS NOT NULL AND c.valid_before > ?1 AND k.state != 'revoked'
+             ORDER BY k.id, c.serial",
+        )?;
+        let rows = stmt.query_map([now], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))?;
+        for row in rows {
+            let (id, key, serial) = row?;
+            by_ca.entry(id).or_insert_with(|| (key, Vec::new())).1.push(serial as u64);
+        }
+    }
+    let mut ca_serials = Vec::new();
+    for (_, (key, serials)) in by_ca {
+        ca_serials.push((parse_key(&key)?, serials));
+    }
+    let strings = |sql: &str| -> Result<Vec<String>, StoreError> {
+        let mut stmt = conn.prepare(sql)?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    };
+    let keys = strings("SELECT public_key FROM devices WHERE status = 'inactive' ORDER BY id")?
+        .iter()
+        .map(|k| parse_key(k))
+        .collect::<Result<_, _>>()?;
+    let revoked_cas = strings("SELECT public_key FROM ca_keys WHERE state = 'revoked' ORDER BY id")?
+        .iter()
+        .map(|k| parse_key(k))
+        .collect::<Result<_, _>>()?;
+    Ok(KrlSpec {
+        version: now.max(0) as u64,
+        generated_date: now.max(0) as u64,
+        comment: "jitca".to_string(),
+        ca_serials,
+        keys,
+        revoked_cas,
+    })
+}
