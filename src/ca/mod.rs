@@ -14,6 +14,7 @@ pub mod cert;
 mod files;
 pub mod host_key;
 pub mod keys;
+pub mod krl;
 pub mod options;
 pub mod registry;
 pub mod revocation;
