@@ -179,15 +179,26 @@ fn set_state(conn: &Connection, id: i64, state: &str, now: i64) -> Result<(), St
     Ok(())
 }
 
-fn by_state(conn: &Connection, state: &str) -> Result<Vec<(i64, String, i64, Option<i64>)>, StoreError> {
+fn by_state(
+    conn: &Connection,
+    state: &str,
+) -> Result<Vec<(i64, String, i64, Option<i64>)>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, fingerprint, created_at, activated_at FROM ca_keys WHERE state = ?1 ORDER BY id",
     )?;
-    let rows = stmt.query_map([state], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+    let rows = stmt.query_map([state], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+    })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-fn audit_key(conn: &Connection, kind: &str, fingerprint: &str, now: i64, extra: serde_json::Value) -> Result<(), StoreError> {
+fn audit_key(
+    conn: &Connection,
+    kind: &str,
+    fingerprint: &str,
+    now: i64,
+    extra: serde_json::Value,
+) -> Result<(), StoreError> {
     let mut body = json!({"fingerprint": fingerprint, "actor": crate::inventory::operator()});
     if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
         b.extend(e.clone());
@@ -202,7 +213,9 @@ fn promote(conn: &Connection, next: (i64, &str), now: i64) -> Result<Vec<String>
     for (id, fp, _, _) in by_state(conn, "active")? {
         set_state(conn, id, "retiring", now)?;
         audit_key(conn, "ca-key-retiring", &fp, now, json!({}))?;
-        changes.push(format!("{fp}: active -> retiring (published until its last certificate expires)"));
+        changes.push(format!(
+            "{fp}: active -> retiring (published until its last certificate expires)"
+        ));
     }
     set_state(conn, next.0, "active", now)?;
     audit_key(conn, "ca-key-activated", next.1, now, json!({}))?;
@@ -236,7 +249,13 @@ pub fn rotate(
         )?;
         if last.is_none_or(|t| t <= now) {
             set_state(conn, id, "retired", now)?;
-            audit_key(conn, "ca-key-retired", &fp, now, json!({"last_valid_before": last}))?;
+            audit_key(
+                conn,
+                "ca-key-retired",
+                &fp,
+                now,
+                json!({"last_valid_before": last}),
+            )?;
             changes.push(format!("{fp}: retiring -> retired (its last certificate has expired; hosts may stop trusting it)"));
         }
     }
@@ -254,11 +273,16 @@ pub fn rotate(
     match active.first() {
         None => {
             let key = create(conn, dir, "active", now)?;
-            changes.push(format!("{}: created as active (there was no active key)", key.fingerprint()));
+            changes.push(format!(
+                "{}: created as active (there was no active key)",
+                key.fingerprint()
+            ));
         }
         Some((_, _, created, activated)) => {
             let since = activated.unwrap_or(*created);
-            let due = since.saturating_add(rotate_every.as_secs() as i64).saturating_sub(ahead);
+            let due = since
+                .saturating_add(rotate_every.as_secs() as i64)
+                .saturating_sub(ahead);
             if due <= now {
                 let key = create(conn, dir, "next", now)?;
                 changes.push(format!(
@@ -275,30 +299,62 @@ pub fn rotate(
 /// Revokes a compromised CA key: it is no longer trusted, everything it
 /// signed is revoked (and listed in the KRL as a revoked CA), and if it was
 /// signing, a fresh key takes over at once. Returns one line per change.
-pub fn revoke_key(conn: &Connection, dir: &Path, fingerprint: &str, reason: Option<&str>, now: i64) -> Result<Vec<String>, StoreError> {
+pub fn revoke_key(
+    conn: &Connection,
+    dir: &Path,
+    fingerprint: &str,
+    reason: Option<&str>,
+    now: i64,
+) -> Result<Vec<String>, StoreError> {
     let wanted = if fingerprint.starts_with("SHA256:") {
         fingerprint.to_string()
     } else {
         format!("SHA256:{fingerprint}")
     };
     let found: Option<(i64, String)> = conn
-        .query_row("SELECT id, state FROM ca_keys WHERE fingerprint = ?1", [&wanted], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row(
+            "SELECT id, state FROM ca_keys WHERE fingerprint = ?1",
+            [&wanted],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .optional()?;
     let Some((id, state)) = found else {
-        return Err(StoreError::invalid(format!("no CA key has fingerprint {wanted}: see `jitca ca list`")));
+        return Err(StoreError::invalid(format!(
+            "no CA key has fingerprint {wanted}: see `jitca ca list`"
+        )));
     };
     if state == "revoked" {
         return Ok(Vec::new());
     }
     set_state(conn, id, "revoked", now)?;
-    let serials = super::revocation::revoke(conn, &super::revocation::Target::CaKey(id), Some("CA key revoked"), now)?;
-    audit_key(conn, "ca-key-revoked", &wanted, now, json!({"was": state, "reason": reason, "certificates": serials.len()}))?;
-    let mut changes = vec![format!("{wanted}: {state} -> revoked ({} live certificate(s) revoked)", serials.len())];
+    let serials = super::revocation::revoke(
+        conn,
+        &super::revocation::Target::CaKey(id),
+        Some("CA key revoked"),
+        now,
+    )?;
+    audit_key(
+        conn,
+        "ca-key-revoked",
+        &wanted,
+        now,
+        json!({"was": state, "reason": reason, "certificates": serials.len()}),
+    )?;
+    let mut changes = vec![format!(
+        "{wanted}: {state} -> revoked ({} live certificate(s) revoked)",
+        serials.len()
+    )];
     if state == "active" {
         match by_state(conn, "next")?.first() {
             Some((next_id, next_fp, _, _)) => {
                 set_state(conn, *next_id, "active", now)?;
-                audit_key(conn, "ca-key-activated", next_fp, now, json!({"early": "the active key was revoked"}))?;
+                audit_key(
+                    conn,
+                    "ca-key-activated",
+                    next_fp,
+                    now,
+                    json!({"early": "the active key was revoked"}),
+                )?;
                 changes.push(format!("{next_fp}: next -> active at once"));
             }
             None => {

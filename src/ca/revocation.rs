@@ -9,8 +9,8 @@
 
 use std::collections::BTreeMap;
 
-use russh::keys::PublicKey;
 use rusqlite::{Connection, OptionalExtension, params};
+use russh::keys::PublicKey;
 use serde_json::json;
 
 use super::krl::KrlSpec;
@@ -43,12 +43,23 @@ impl Target {
 /// Marks every live certificate matching `target` revoked and audits it.
 /// Returns the serials revoked now (none when all were expired or revoked
 /// already). An unknown serial, request, user or device is an error.
-pub fn revoke(conn: &Connection, target: &Target, reason: Option<&str>, now: i64) -> Result<Vec<u64>, StoreError> {
+pub fn revoke(
+    conn: &Connection,
+    target: &Target,
+    reason: Option<&str>,
+    now: i64,
+) -> Result<Vec<u64>, StoreError> {
     let (filter, arg): (&str, rusqlite::types::Value) = match target {
         Target::Serial(s) => ("c.serial = ?1", (*s as i64).into()),
         Target::Request(r) => ("c.request_id = ?1", r.clone().into()),
-        Target::User(u) => ("c.user_id = (SELECT id FROM users WHERE name = ?1)", u.clone().into()),
-        Target::Device(d) => ("c.device_id = (SELECT id FROM devices WHERE name = ?1)", d.clone().into()),
+        Target::User(u) => (
+            "c.user_id = (SELECT id FROM users WHERE name = ?1)",
+            u.clone().into(),
+        ),
+        Target::Device(d) => (
+            "c.device_id = (SELECT id FROM devices WHERE name = ?1)",
+            d.clone().into(),
+        ),
         Target::CaKey(id) => ("c.ca_key_id = ?1", (*id).into()),
     };
     check_exists(conn, target)?;
@@ -79,7 +90,8 @@ pub fn revoke(conn: &Connection, target: &Target, reason: Option<&str>, now: i64
     );
     // Name the user and device when the revocation concerns one of each.
     let users: std::collections::BTreeSet<&str> = live.iter().map(|(_, u, _)| u.as_str()).collect();
-    let devices: std::collections::BTreeSet<&str> = live.iter().map(|(_, _, d)| d.as_str()).collect();
+    let devices: std::collections::BTreeSet<&str> =
+        live.iter().map(|(_, _, d)| d.as_str()).collect();
     if let [user] = users.into_iter().collect::<Vec<_>>()[..] {
         event = event.user(user);
     }
@@ -95,10 +107,26 @@ pub fn revoke(conn: &Connection, target: &Target, reason: Option<&str>, now: i64
 
 fn check_exists(conn: &Connection, target: &Target) -> Result<(), StoreError> {
     let (sql, arg, what): (&str, rusqlite::types::Value, String) = match target {
-        Target::Serial(s) => ("SELECT 1 FROM certificates WHERE serial = ?1", (*s as i64).into(), format!("no certificate has serial {s}: see `jitca audit list --kind issued`")),
-        Target::Request(r) => ("SELECT 1 FROM requests WHERE id = ?1", r.clone().into(), format!("there is no request {r}")),
-        Target::User(u) => ("SELECT 1 FROM users WHERE name = ?1", u.clone().into(), format!("no user named {u:?}: see `jitca user list`")),
-        Target::Device(d) => ("SELECT 1 FROM devices WHERE name = ?1", d.clone().into(), format!("no device named {d:?}: see `jitca device list`")),
+        Target::Serial(s) => (
+            "SELECT 1 FROM certificates WHERE serial = ?1",
+            (*s as i64).into(),
+            format!("no certificate has serial {s}: see `jitca audit list --kind issued`"),
+        ),
+        Target::Request(r) => (
+            "SELECT 1 FROM requests WHERE id = ?1",
+            r.clone().into(),
+            format!("there is no request {r}"),
+        ),
+        Target::User(u) => (
+            "SELECT 1 FROM users WHERE name = ?1",
+            u.clone().into(),
+            format!("no user named {u:?}: see `jitca user list`"),
+        ),
+        Target::Device(d) => (
+            "SELECT 1 FROM devices WHERE name = ?1",
+            d.clone().into(),
+            format!("no device named {d:?}: see `jitca device list`"),
+        ),
         Target::CaKey(_) => return Ok(()),
     };
     let found: Option<i64> = conn.query_row(sql, [arg], |r| r.get(0)).optional()?;
@@ -106,8 +134,11 @@ fn check_exists(conn: &Connection, target: &Target) -> Result<(), StoreError> {
 }
 
 fn parse_key(line: &str) -> Result<PublicKey, StoreError> {
-    PublicKey::from_openssh(line.trim())
-        .map_err(|e| StoreError::invalid(format!("a stored public key does not parse ({e}): the database is damaged")))
+    PublicKey::from_openssh(line.trim()).map_err(|e| {
+        StoreError::invalid(format!(
+            "a stored public key does not parse ({e}): the database is damaged"
+        ))
+    })
 }
 
 /// What the KRL must hold now: the revoked, still-live serials of each CA
@@ -120,10 +151,20 @@ pub fn krl_spec(conn: &Connection, now: i64) -> Result<KrlSpec, StoreError> {
              WHERE c.revoked_at IS NOT NULL AND c.valid_before > ?1 AND k.state != 'revoked'
              ORDER BY k.id, c.serial",
         )?;
-        let rows = stmt.query_map([now], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))?;
+        let rows = stmt.query_map([now], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
         for row in rows {
             let (id, key, serial) = row?;
-            by_ca.entry(id).or_insert_with(|| (key, Vec::new())).1.push(serial as u64);
+            by_ca
+                .entry(id)
+                .or_insert_with(|| (key, Vec::new()))
+                .1
+                .push(serial as u64);
         }
     }
     let mut ca_serials = Vec::new();
@@ -139,10 +180,11 @@ pub fn krl_spec(conn: &Connection, now: i64) -> Result<KrlSpec, StoreError> {
         .iter()
         .map(|k| parse_key(k))
         .collect::<Result<_, _>>()?;
-    let revoked_cas = strings("SELECT public_key FROM ca_keys WHERE state = 'revoked' ORDER BY id")?
-        .iter()
-        .map(|k| parse_key(k))
-        .collect::<Result<_, _>>()?;
+    let revoked_cas =
+        strings("SELECT public_key FROM ca_keys WHERE state = 'revoked' ORDER BY id")?
+            .iter()
+            .map(|k| parse_key(k))
+            .collect::<Result<_, _>>()?;
     Ok(KrlSpec {
         version: now.max(0) as u64,
         generated_date: now.max(0) as u64,

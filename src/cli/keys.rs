@@ -135,7 +135,9 @@ pub fn serve(paths: &Paths, args: ServeArgs) -> anyhow::Result<ExitCode> {
     // So is a port that is taken.
     let listener = std::net::TcpListener::bind(args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    listener.set_nonblocking(true).context("cannot set up the listener")?;
+    listener
+        .set_nonblocking(true)
+        .context("cannot set up the listener")?;
     let created = create_state(paths)?;
     if created.database {
         tracing::info!(db = %paths.db.display(), "created database");
@@ -227,7 +229,13 @@ pub fn ca(paths: &Paths, cmd: CaCommand) -> anyhow::Result<ExitCode> {
             let mut conn = conn;
             let now = now_unix();
             let changes = store::write(&mut conn, |c| {
-                registry::rotate(c, &paths.ca_keys, now, policy.publish_ahead(), policy.rotate_every())
+                registry::rotate(
+                    c,
+                    &paths.ca_keys,
+                    now,
+                    policy.publish_ahead(),
+                    policy.rotate_every(),
+                )
             })?;
             if changes.is_empty() {
                 println!("nothing to do: no key is due to change");
@@ -236,7 +244,10 @@ pub fn ca(paths: &Paths, cmd: CaCommand) -> anyhow::Result<ExitCode> {
                 println!("{c}");
             }
         }
-        CaCommand::Revoke { fingerprint, reason } => {
+        CaCommand::Revoke {
+            fingerprint,
+            reason,
+        } => {
             let mut conn = conn;
             let now = now_unix();
             let changes = store::write(&mut conn, |c| {
@@ -248,7 +259,9 @@ pub fn ca(paths: &Paths, cmd: CaCommand) -> anyhow::Result<ExitCode> {
             for c in changes {
                 println!("{c}");
             }
-            println!("now: refresh every host's TrustedUserCAKeys (`jitca ca trusted`) and RevokedKeys (`jitca krl`)");
+            println!(
+                "now: refresh every host's TrustedUserCAKeys (`jitca ca trusted`) and RevokedKeys (`jitca krl`)"
+            );
         }
         CaCommand::List => {
             for k in registry::list(&conn)? {

@@ -67,10 +67,11 @@ pub fn run_revoke(paths: &Paths, args: RevokeArgs) -> anyhow::Result<ExitCode> {
 pub fn run_krl(paths: &Paths, args: KrlArgs) -> anyhow::Result<ExitCode> {
     let conn = open_db(paths)?;
     let spec = krl_spec(&conn, now_unix())?;
-    let bytes = krl::encode(&spec);
+    let bytes = krl::encode(&spec)?;
     match args.out {
         Some(path) => {
-            krl::write_atomically(&path, &bytes).with_context(|| format!("cannot write the KRL to {}", path.display()))?;
+            krl::write_atomically(&path, &bytes)
+                .with_context(|| format!("cannot write the KRL to {}", path.display()))?;
             let serials: usize = spec.ca_serials.iter().map(|(_, s)| s.len()).sum();
             eprintln!(
                 "wrote {} ({} bytes): {serials} revoked serial(s), {} key(s), {} revoked CA key(s)",
@@ -81,7 +82,9 @@ pub fn run_krl(paths: &Paths, args: KrlArgs) -> anyhow::Result<ExitCode> {
             );
         }
         None => {
-            std::io::stdout().write_all(&bytes).context("cannot write the KRL to stdout")?;
+            std::io::stdout()
+                .write_all(&bytes)
+                .context("cannot write the KRL to stdout")?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -119,7 +119,11 @@ pub fn list_devices(conn: &Connection) -> Result<Vec<DeviceInfo>, StoreError> {
 /// Disables a device for good and revokes its live certificates; its key
 /// goes into the KRL. Returns `None` when it was already disabled, else the
 /// serials revoked.
-pub fn disable_device(conn: &Connection, name: &str, now: i64) -> Result<Option<Vec<u64>>, StoreError> {
+pub fn disable_device(
+    conn: &Connection,
+    name: &str,
+    now: i64,
+) -> Result<Option<Vec<u64>>, StoreError> {
     let (id, status) = device_id(conn, name)?;
     if status == Status::Inactive {
         return Ok(None);
@@ -328,8 +332,9 @@ fn parse_report(text: &str, line: usize, now: i64) -> Result<Report, String> {
 
 /// Parses an RFC 3339 time in UTC to unix seconds.
 pub fn parse_time(s: &str) -> Result<i64, String> {
-    let t = humantime::parse_rfc3339(s)
-        .map_err(|e| format!("time {s:?} is not an RFC 3339 UTC time (e.g. 2026-12-04T10:00:00Z): {e}"))?;
+    let t = humantime::parse_rfc3339(s).map_err(|e| {
+        format!("time {s:?} is not an RFC 3339 UTC time (e.g. 2026-12-04T10:00:00Z): {e}")
+    })?;
     t.duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .map_err(|_| format!("time {s:?} lies before 1970"))
@@ -450,17 +455,28 @@ mod tests {
 
     #[test]
     fn a_report_slightly_ahead_counts_as_now_and_cannot_outrank_later_ones() {
-        let r = parse_report(r#"{"device":"d","reported_at":1200,"attributes":{"x":true}}"#, 1, 1000).unwrap();
+        let r = parse_report(
+            r#"{"device":"d","reported_at":1200,"attributes":{"x":true}}"#,
+            1,
+            1000,
+        )
+        .unwrap();
         assert_eq!(r.reported_at, 1000);
     }
 
     #[test]
     fn a_report_with_a_duplicate_key_or_a_zoneless_time_is_refused() {
         let dup = r#"{"device":"a","reported_at":1,"attributes":{},"device":"b"}"#;
-        assert!(parse_report(dup, 1, 1000).err().unwrap().contains("duplicate field"));
+        assert!(
+            parse_report(dup, 1, 1000)
+                .err()
+                .unwrap()
+                .contains("duplicate field")
+        );
         let zoneless = r#"{"device":"a","reported_at":"2026-12-04 10:00:00","attributes":{}}"#;
         assert!(parse_report(zoneless, 1, 2_000_000_000).is_err());
-        let hidden = "{\"device\":\"a\",\"reported_at\":1,\"attributes\":{\"os\":\"mac\u{202e}os\"}}";
+        let hidden =
+            "{\"device\":\"a\",\"reported_at\":1,\"attributes\":{\"os\":\"mac\u{202e}os\"}}";
         assert!(parse_report(hidden, 1, 1000).is_err());
     }
 

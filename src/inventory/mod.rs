@@ -376,8 +376,14 @@ mod tests {
     fn suspend_is_audited_once() {
         let (_d, conn) = db();
         add_user(&conn, "alice", &[], 1).unwrap();
-        assert_eq!(set_user_status(&conn, "alice", Status::Inactive, 2).unwrap(), Some(vec![]));
-        assert_eq!(set_user_status(&conn, "alice", Status::Inactive, 3).unwrap(), None);
+        assert_eq!(
+            set_user_status(&conn, "alice", Status::Inactive, 2).unwrap(),
+            Some(vec![])
+        );
+        assert_eq!(
+            set_user_status(&conn, "alice", Status::Inactive, 3).unwrap(),
+            None
+        );
         let n: i64 = conn
             .query_row(
                 "SELECT COUNT(*) FROM audit WHERE kind = 'user-suspended'",

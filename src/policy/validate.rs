@@ -99,7 +99,8 @@ fn ca(ctx: &mut Ctx<'_>, doc: &RawDocument) -> CaSettings {
         Some(v) => parse_duration(ctx, "[ca] backdate", v, BACKDATE_LIMIT),
         None => Some(DEFAULT_BACKDATE),
     };
-    let mut positive_or = |key: &str, v: &Option<super::raw::SpannedStr>, default: Duration| match v {
+    let mut positive_or = |key: &str, v: &Option<super::raw::SpannedStr>, default: Duration| match v
+    {
         Some(v) => parse_duration(ctx, &format!("[ca] {key}"), v, DURATION_LIMIT)
             .and_then(|d| positive(ctx, &format!("[ca] {key}"), v, d)),
         None => Some(default),
@@ -109,7 +110,11 @@ fn ca(ctx: &mut Ctx<'_>, doc: &RawDocument) -> CaSettings {
     let rotate_every = positive_or("rotate_every", &raw.rotate_every, DEFAULT_ROTATE_EVERY);
     if let (Some(ahead), Some(every)) = (publish_ahead, rotate_every) {
         if ahead >= every {
-            let span = raw.publish_ahead.as_ref().or(raw.rotate_every.as_ref()).map(|v| v.span());
+            let span = raw
+                .publish_ahead
+                .as_ref()
+                .or(raw.rotate_every.as_ref())
+                .map(|v| v.span());
             if let Some(span) = span {
                 ctx.error(
                     span,

@@ -125,7 +125,9 @@ fn parse_reason(s: &str) -> Result<String, String> {
         ));
     }
     if s.chars().any(crate::model::is_hidden_char) {
-        return Err("the text contains control or invisible formatting characters: remove them".into());
+        return Err(
+            "the text contains control or invisible formatting characters: remove them".into(),
+        );
     }
     Ok(s.to_string())
 }

@@ -27,7 +27,10 @@ pub enum Admit {
     /// Write it. `repeats`: refusals of this key, peer and reason folded
     /// into this one since the last record; `dropped`: refusals of unknown
     /// keys the global cap dropped since the last record that said so.
-    Record { repeats: u64, dropped: u64 },
+    Record {
+        repeats: u64,
+        dropped: u64,
+    },
     Drop,
 }
 
@@ -48,7 +51,12 @@ impl RefusalLimiter {
     /// Whether to audit a refusal of the key `fingerprint` from `peer` for
     /// `reason`; `enrolled` when the key belongs to a known device.
     pub fn admit(&self, peer: IpAddr, fingerprint: &str, reason: &str, enrolled: bool) -> Admit {
-        self.admit_at(peer, &format!("{fingerprint} {reason}"), enrolled, Instant::now())
+        self.admit_at(
+            peer,
+            &format!("{fingerprint} {reason}"),
+            enrolled,
+            Instant::now(),
+        )
     }
 
     fn admit_at(&self, peer: IpAddr, key: &str, enrolled: bool, now: Instant) -> Admit {
@@ -85,7 +93,11 @@ impl RefusalLimiter {
                 inner.seen.clear();
             }
         }
-        let repeats = inner.seen.insert(key, (now, 0)).map(|(_, d)| d).unwrap_or(0);
+        let repeats = inner
+            .seen
+            .insert(key, (now, 0))
+            .map(|(_, d)| d)
+            .unwrap_or(0);
         let dropped = std::mem::take(&mut inner.dropped);
         Admit::Record { repeats, dropped }
     }
@@ -103,12 +115,35 @@ mod tests {
     fn one_record_per_key_peer_and_reason_per_interval() {
         let l = RefusalLimiter::default();
         let t0 = Instant::now();
-        assert_eq!(l.admit_at(ip(), "k a", false, t0), Admit::Record { repeats: 0, dropped: 0 });
-        assert_eq!(l.admit_at(ip(), "k a", false, t0 + Duration::from_secs(1)), Admit::Drop);
-        assert_eq!(l.admit_at(ip(), "k b", false, t0), Admit::Record { repeats: 0, dropped: 0 });
         assert_eq!(
-            l.admit_at(ip(), "k a", false, t0 + PER_KEY_INTERVAL + Duration::from_secs(1)),
-            Admit::Record { repeats: 1, dropped: 0 }
+            l.admit_at(ip(), "k a", false, t0),
+            Admit::Record {
+                repeats: 0,
+                dropped: 0
+            }
+        );
+        assert_eq!(
+            l.admit_at(ip(), "k a", false, t0 + Duration::from_secs(1)),
+            Admit::Drop
+        );
+        assert_eq!(
+            l.admit_at(ip(), "k b", false, t0),
+            Admit::Record {
+                repeats: 0,
+                dropped: 0
+            }
+        );
+        assert_eq!(
+            l.admit_at(
+                ip(),
+                "k a",
+                false,
+                t0 + PER_KEY_INTERVAL + Duration::from_secs(1)
+            ),
+            Admit::Record {
+                repeats: 1,
+                dropped: 0
+            }
         );
     }
 
@@ -117,11 +152,22 @@ mod tests {
         let l = RefusalLimiter::default();
         let t0 = Instant::now();
         let recorded = (0..100)
-            .filter(|i| matches!(l.admit_at(ip(), &format!("k{i}"), false, t0), Admit::Record { .. }))
+            .filter(|i| {
+                matches!(
+                    l.admit_at(ip(), &format!("k{i}"), false, t0),
+                    Admit::Record { .. }
+                )
+            })
             .count();
         assert_eq!(recorded, GLOBAL_PER_SECOND as usize);
         let later = t0 + Duration::from_secs(2);
-        assert_eq!(l.admit_at(ip(), "new", false, later), Admit::Record { repeats: 0, dropped: 80 });
+        assert_eq!(
+            l.admit_at(ip(), "new", false, later),
+            Admit::Record {
+                repeats: 0,
+                dropped: 80
+            }
+        );
     }
 
     #[test]
@@ -131,6 +177,9 @@ mod tests {
         for i in 0..100 {
             l.admit_at(ip(), &format!("k{i}"), false, t0);
         }
-        assert!(matches!(l.admit_at(ip(), "bob disabled", true, t0), Admit::Record { .. }));
+        assert!(matches!(
+            l.admit_at(ip(), "bob disabled", true, t0),
+            Admit::Record { .. }
+        ));
     }
 }

@@ -12,10 +12,10 @@ mod readers;
 mod run;
 mod session;
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -116,7 +116,10 @@ impl State {
         who: Option<&Identity>,
         reason: &str,
     ) {
-        let (repeats, dropped) = match self.refusals.admit(peer, fingerprint, reason, who.is_some()) {
+        let (repeats, dropped) = match self
+            .refusals
+            .admit(peer, fingerprint, reason, who.is_some())
+        {
             limits::Admit::Record { repeats, dropped } => (repeats, dropped),
             limits::Admit::Drop => return,
         };
@@ -185,16 +188,23 @@ pub async fn keep_krl(state: Arc<State>, path: PathBuf) {
                 spec.version = 0;
                 spec.generated_date = 0;
                 let content = crate::ca::krl::encode(&spec);
-                if written.as_ref() != Some(&content) {
-                    spec.version = version;
-                    spec.generated_date = date;
-                    let bytes = crate::ca::krl::encode(&spec);
-                    match crate::ca::krl::write_atomically(&path, &bytes) {
-                        Ok(()) => {
-                            tracing::info!(file = %path.display(), bytes = bytes.len(), "KRL rewritten");
-                            written = Some(content);
+                spec.version = version;
+                spec.generated_date = date;
+                match (content, crate::ca::krl::encode(&spec)) {
+                    (Ok(content), Ok(bytes)) if written.as_ref() != Some(&content) => {
+                        match crate::ca::krl::write_atomically(&path, &bytes) {
+                            Ok(()) => {
+                                tracing::info!(file = %path.display(), bytes = bytes.len(), "KRL rewritten");
+                                written = Some(content);
+                            }
+                            Err(e) => {
+                                tracing::error!(file = %path.display(), error = %e, "cannot write the KRL")
+                            }
                         }
-                        Err(e) => tracing::error!(file = %path.display(), error = %e, "cannot write the KRL"),
+                    }
+                    (Ok(_), Ok(_)) => {}
+                    (Err(e), _) | (_, Err(e)) => {
+                        tracing::error!(error = %e, "cannot encode the KRL")
                     }
                 }
             }
@@ -316,14 +326,21 @@ struct PeerSlot {
 }
 
 impl PeerSlot {
-    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, peer: IpAddr, max: usize) -> Option<PeerSlot> {
+    fn take(
+        counts: &Arc<Mutex<HashMap<IpAddr, usize>>>,
+        peer: IpAddr,
+        max: usize,
+    ) -> Option<PeerSlot> {
         let mut map = counts.lock().ok()?;
         let n = map.entry(peer).or_insert(0);
         if *n >= max {
             return None;
         }
         *n += 1;
-        Some(PeerSlot { counts: counts.clone(), peer })
+        Some(PeerSlot {
+            counts: counts.clone(),
+            peer,
+        })
     }
 }
 

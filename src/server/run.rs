@@ -13,6 +13,7 @@ use super::issue::{self, Issued, Pending, Reply, RequestError};
 use crate::inventory::Identity;
 use crate::model::now_unix;
 use crate::policy::{Decision, Outcome, RequestParams};
+use crate::store::StoreError;
 
 /// What goes back over the channel.
 pub struct Output {
@@ -196,18 +197,19 @@ async fn krl(state: &State, raw: bool) -> Output {
         .readers
         .run(|conn| crate::ca::revocation::krl_spec(conn, now_unix()))
         .await;
-    match spec {
-        Ok(spec) => {
-            let bytes = crate::ca::krl::encode(&spec);
-            if raw {
-                Output::stdout(bytes, exit::OK)
-            } else {
-                use base64::Engine as _;
-                let line = base64::engine::general_purpose::STANDARD.encode(bytes);
-                Output::stdout(format!("{line}\n"), exit::OK)
-            }
+    let bytes = match spec.map(|s| crate::ca::krl::encode(&s)) {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            return request_error(RequestError::Internal(StoreError::invalid(e.to_string())));
         }
-        Err(e) => request_error(RequestError::Internal(e)),
+        Err(e) => return request_error(RequestError::Internal(e)),
+    };
+    if raw {
+        Output::stdout(bytes, exit::OK)
+    } else {
+        use base64::Engine as _;
+        let line = base64::engine::general_purpose::STANDARD.encode(bytes);
+        Output::stdout(format!("{line}\n"), exit::OK)
     }
 }
 

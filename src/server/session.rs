@@ -7,10 +7,10 @@
 //! that way the requester learns the reason instead of a bare "Permission
 //! denied", and still gets nothing. The login name carries no meaning.
 
-use std::net::SocketAddr;
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use russh::keys::{Algorithm, HashAlg, PublicKey};
 use russh::server::{
@@ -148,7 +148,10 @@ impl Handler for Connection {
         _user: &str,
         certificate: &russh::keys::Certificate,
     ) -> Result<Auth, Self::Error> {
-        let fp = certificate.public_key().fingerprint(HashAlg::Sha256).to_string();
+        let fp = certificate
+            .public_key()
+            .fingerprint(HashAlg::Sha256)
+            .to_string();
         tracing::warn!(peer = %self.peer, fingerprint = %fp, "refused a certificate offered for authentication");
         self.state
             .record_refusal(
@@ -265,7 +268,10 @@ impl Handler for Connection {
             session.channel_failure(channel)?;
             return Ok(());
         };
-        let is_open = self.channels.lock().is_ok_and(|open| open.contains(&channel));
+        let is_open = self
+            .channels
+            .lock()
+            .is_ok_and(|open| open.contains(&channel));
         if self.used.contains(&channel) || !is_open {
             session.channel_failure(channel)?;
             return Ok(());
