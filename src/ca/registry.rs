@@ -179,10 +179,10 @@ fn set_state(conn: &Connection, id: i64, state: &str, now: i64) -> Result<(), St
     Ok(())
 }
 
-fn by_state(
-    conn: &Connection,
-    state: &str,
-) -> Result<Vec<(i64, String, i64, Option<i64>)>, StoreError> {
+/// A key's row id, fingerprint, creation time and activation time.
+type KeyTimes = (i64, String, i64, Option<i64>);
+
+fn by_state(conn: &Connection, state: &str) -> Result<Vec<KeyTimes>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, fingerprint, created_at, activated_at FROM ca_keys WHERE state = ?1 ORDER BY id",
     )?;
