@@ -259,6 +259,9 @@ impl Writer {
 }
 
 #[cfg(test)]
+mod openssh_tests;
+
+#[cfg(test)]
 mod tests {
     use super::super::testutil::fixture;
     use super::*;
