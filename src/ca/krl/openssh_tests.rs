@@ -313,6 +313,45 @@ fn bitmap_width_limit_is_where_ssh_keygen_stops_reading() {
 }
 
 #[test]
+fn serial_zero_is_left_out_because_ssh_keygen_refuses_a_krl_listing_it() {
+    let lab = Lab::new();
+    let ca = lab.keypair("ca");
+    lab.keypair("user");
+    let certs = lab.sign("ca", "user", 1, 1);
+
+    // By hand: a list subsection holding 0 and 1.
+    let mut list = Writer::default();
+    list.u64(0);
+    list.u64(1);
+    let mut section = Writer::default();
+    section.string(&ca.to_bytes().expect("blob")).expect("ca");
+    section.string(&[]).expect("reserved");
+    section.u8(0x20);
+    section.string(&list.0).expect("list");
+    let mut raw = Writer(encode(&KrlSpec::default()).expect("header"));
+    raw.u8(1);
+    raw.string(&section.0).expect("section");
+    fs::write(lab.path("zero.krl"), &raw.0).expect("write");
+    let out = ssh_keygen()
+        .arg("-Q")
+        .arg("-f")
+        .arg(lab.path("zero.krl"))
+        .args(&certs)
+        .output()
+        .expect("run ssh-keygen");
+    assert_eq!(out.status.code(), Some(255), "{out:?}");
+
+    let krl = lab.krl(
+        "encoded.krl",
+        &KrlSpec {
+            ca_serials: vec![(ca, vec![0, 1])],
+            ..KrlSpec::default()
+        },
+    );
+    assert_eq!(revoked(&krl, &certs), vec![true]);
+}
+
+#[test]
 fn widely_spread_dense_serials_still_make_a_readable_krl() {
     let lab = Lab::new();
     let ca = lab.keypair("ca");
