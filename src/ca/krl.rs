@@ -71,7 +71,9 @@ pub enum KrlError {
         offset: usize,
     },
     /// The CA key of a certificate section has no wire encoding.
-    #[error("cannot encode the {algorithm} CA public key for the KRL: {source}")]
+    #[error(
+        "cannot encode the {algorithm} CA public key for the KRL: {source}; check that CA's public key"
+    )]
     CaKeyEncoding {
         /// The CA key's algorithm name.
         algorithm: String,
@@ -92,7 +94,8 @@ pub enum KrlError {
 /// Encodes `spec` as an OpenSSH KRL (PROTOCOL.krl). The output depends only
 /// on what is revoked, not on the order it was given in.
 ///
-/// Known limit: fingerprint sections need OpenSSH 7.9 or later on the hosts.
+/// Known limit: the fingerprint section needs hosts running OpenSSH 7.9 or
+/// later (where KRL SHA256 fingerprints arrived).
 pub fn encode(spec: &KrlSpec) -> Result<Vec<u8>, KrlError> {
     let mut out = Writer::default();
 
@@ -212,7 +215,13 @@ fn create_temp(dir: &Path, name: &str) -> io::Result<(PathBuf, File)> {
             Ok(file) => {
                 // The umask may have narrowed the mode: `sshd` and the
                 // operator's tools must be able to read the KRL.
-                file.set_permissions(fs::Permissions::from_mode(0o644))?;
+                if let Err(error) = file.set_permissions(fs::Permissions::from_mode(0o644)) {
+                    let _ = fs::remove_file(&temp);
+                    return Err(io::Error::new(
+                        error.kind(),
+                        format!("cannot make {} readable: {error}", temp.display()),
+                    ));
+                }
                 return Ok((temp, file));
             }
             Err(error) if error.kind() == io::ErrorKind::AlreadyExists => last = Some(error),
@@ -224,7 +233,14 @@ fn create_temp(dir: &Path, name: &str) -> io::Result<(PathBuf, File)> {
             }
         }
     }
-    Err(last.unwrap_or_else(|| io::Error::from(io::ErrorKind::AlreadyExists)))
+    let error = last.unwrap_or_else(|| io::Error::from(io::ErrorKind::AlreadyExists));
+    Err(io::Error::new(
+        error.kind(),
+        format!(
+            "cannot create a temporary file beside {name} in {}: {error}; remove stale .{name}.*.tmp files",
+            dir.display()
+        ),
+    ))
 }
 
 /// Big-endian SSH wire writes (RFC 4251 §5) into a byte vector.
@@ -257,6 +273,9 @@ impl Writer {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod openssh_tests;
 
 #[cfg(test)]
 mod tests {

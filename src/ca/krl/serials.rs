@@ -20,6 +20,9 @@ const KRL_SECTION_CERT_SERIAL_BITMAP: u8 = 0x22;
 /// as an `mpint`, and OpenSSH refuses one longer than 2048 bytes
 /// (`SSHBUF_MAX_BIGNUM`) after its leading zero: 16384 bits. A wider bitmap
 /// makes the whole KRL unreadable, so `sshd` would refuse every key.
+/// (OpenSSH 9.2's own `ssh-keygen -k` does not keep to this: given every
+/// other serial below 100,000 it writes a KRL that it then refuses to read,
+/// "bignum is too large".)
 pub(super) const MAX_BITMAP_BITS: u64 = 16_384;
 
 /// Every subsection's cost before its payload: a type byte and the
