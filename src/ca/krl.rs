@@ -9,10 +9,6 @@
 //! A KRL that `sshd` cannot parse refuses every public-key login on its
 //! host, so [`write_atomically`] never leaves a partial file behind.
 
-// The `jitca krl` command and the revocation paths that call this encoder
-// are built in another branch; until they land nothing here is used.
-#![allow(dead_code)]
-
 mod serials;
 
 use std::collections::{BTreeMap, BTreeSet};

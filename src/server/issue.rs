@@ -473,3 +473,19 @@ fn issue(
         again: false,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serials_never_come_back_after_certificate_rows_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let (conn, _) = crate::store::open(&dir.path().join("s.db")).unwrap();
+        assert_eq!(next_serial(&conn).unwrap(), 1);
+        assert_eq!(next_serial(&conn).unwrap(), 2);
+        // Pruning every certificate row must not restart the numbering.
+        conn.execute("DELETE FROM certificates", []).unwrap();
+        assert_eq!(next_serial(&conn).unwrap(), 3);
+    }
+}

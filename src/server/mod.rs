@@ -240,18 +240,6 @@ fn config(host_key: PrivateKey, limits: &Limits) -> russh::server::Config {
         max_auth_attempts: 6,
         inactivity_timeout: Some(limits.idle_timeout),
         nodelay: true,
-        preferred: russh::Preferred {
-            // No ssh-rsa (SHA-1) in server-sig-algs; see the handler's refusal.
-            key: std::borrow::Cow::Owned(
-                russh::Preferred::DEFAULT
-                    .key
-                    .iter()
-                    .filter(|a| !matches!(a, russh::keys::Algorithm::Rsa { hash: None }))
-                    .cloned()
-                    .collect(),
-            ),
-            ..russh::Preferred::DEFAULT
-        },
         ..Default::default()
     }
 }
@@ -365,6 +353,18 @@ async fn connection(
     login_grace: Duration,
 ) {
     let authenticated = Arc::new(AtomicBool::new(false));
+    // A second handle on the socket, to cut a client off even while russh
+    // waits in a key exchange and cannot act on a disconnect request.
+    let (socket, cutter) = match socket.into_std().and_then(|std| {
+        let cutter = std.try_clone()?;
+        Ok((tokio::net::TcpStream::from_std(std)?, cutter))
+    }) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "cannot set up the connection");
+            return;
+        }
+    };
     let handler = session::Connection::new(state, peer, authenticated.clone());
     match russh::server::run_stream(config, socket, handler).await {
         Ok(running) => {
@@ -380,6 +380,8 @@ async fn connection(
                             String::new(),
                         )
                         .await;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let _ = cutter.shutdown(std::net::Shutdown::Both);
                 }
             });
             if let Err(e) = running.await {

@@ -83,7 +83,9 @@ impl Handler for Connection {
     ) -> Result<Auth, Self::Error> {
         let known = self.lookup(offer.public_key).await;
         if matches!(offer.algorithm, Algorithm::Rsa { hash: None }) {
-            // RFC 8332: ssh-rsa signs with SHA-1, which no longer proves possession.
+            // RFC 8332: ssh-rsa signs with SHA-1, which no longer proves
+            // possession. russh still negotiates it, so that an old client's
+            // attempt reaches this handler and is refused with an audit record.
             let fp = offer.public_key.fingerprint(HashAlg::Sha256).to_string();
             self.state
                 .record_refusal(

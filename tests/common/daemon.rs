@@ -27,12 +27,17 @@ impl Daemon {
     /// Starts the daemon on the environment and waits until it sends an SSH
     /// banner; fails the test with the daemon's log if it does not.
     pub fn start(env: &Env) -> Daemon {
+        Daemon::start_with(env, &[])
+    }
+
+    /// [`Daemon::start`] with more `jitca serve` options.
+    pub fn start_with(env: &Env, options: &[&str]) -> Daemon {
         let n = DAEMONS.fetch_add(1, Ordering::Relaxed);
         let log = env.path(&format!("jitca-serve-{n}.log"));
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let mut cmd = env.jitca_command();
-        cmd.args(["serve", "--listen", &listen]);
+        cmd.args(["serve", "--listen", &listen]).args(options);
         let server = Server::start("jitca serve", &mut cmd, port, log, "");
         Daemon { server, port }
     }
@@ -104,7 +109,19 @@ fn ssh_ca_command(daemon: &Daemon, key: &Path, source: Option<&str>, command: &s
 /// The `ssh` command line behind [`ssh_ca`] and [`ssh_ca_from`], not yet
 /// started (for a requester that waits in the background).
 pub fn ca_command(daemon: &Daemon, key: &Path, source: Option<&str>, command: &str) -> Command {
+    ca_command_with(daemon, key, source, &[], command)
+}
+
+/// [`ca_command`] with more `ssh` options, given before the others.
+pub fn ca_command_with(
+    daemon: &Daemon,
+    key: &Path,
+    source: Option<&str>,
+    options: &[&str],
+    command: &str,
+) -> Command {
     let mut cmd = Command::new(SSH);
+    cmd.args(options);
     cmd.arg("-i").arg(key);
     cmd.args(client_options());
     if let Some(source) = source {
