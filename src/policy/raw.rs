@@ -22,6 +22,9 @@ use super::Diagnostic;
 pub struct Ctx<'a> {
     file: &'a str,
     text: &'a str,
+    /// Byte offset of the start of each line, for line numbers in
+    /// logarithmic time (a file with thousands of errors stays fast).
+    line_starts: Vec<usize>,
     pub diagnostics: Vec<Diagnostic>,
     pub warnings: Vec<String>,
 }
@@ -29,9 +32,13 @@ pub struct Ctx<'a> {
 impl<'a> Ctx<'a> {
     /// A context for `text`, read from `file` (the name used in messages).
     pub fn new(file: &'a str, text: &'a str) -> Ctx<'a> {
+        let line_starts = std::iter::once(0)
+            .chain(text.bytes().enumerate().filter(|(_, b)| *b == b'\n').map(|(i, _)| i + 1))
+            .collect();
         Ctx {
             file,
             text,
+            line_starts,
             diagnostics: Vec::new(),
             warnings: Vec::new(),
         }
@@ -39,11 +46,10 @@ impl<'a> Ctx<'a> {
 
     /// The 1-based line holding byte `offset`.
     pub fn line(&self, offset: usize) -> usize {
-        let end = offset.min(self.text.len());
-        1 + self.text.as_bytes()[..end]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count()
+        match self.line_starts.binary_search(&offset) {
+            Ok(i) => i + 1,
+            Err(i) => i,
+        }
     }
 
     /// Records an error at the line of `span`.
