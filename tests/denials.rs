@@ -91,6 +91,14 @@ fn unknown_role_is_a_usage_error_naming_the_role() {
     let out = ssh_ca(&daemon, &key.private, "request no-such-role");
     let err = daemon.expect_refusal(&out, USAGE);
     assert!(err.contains("no-such-role"), "{}", describe(&out));
+    // A request for a role that does not exist is a decision too.
+    let denied = env.audit_records_where(&["--kind", "denied"]);
+    assert!(
+        denied
+            .iter()
+            .any(|r| r["body"]["decision"]["role"] == "no-such-role"),
+        "the unknown-role request was not audited: {denied:?}"
+    );
 }
 
 #[test]

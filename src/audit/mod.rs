@@ -188,9 +188,36 @@ pub fn verify(conn: &Connection) -> Result<Verdict, StoreError> {
     let mut count = 0u64;
     while let Some(row) = rows.next()? {
         let seq: i64 = row.get(0)?;
-        let body: String = row.get(7)?;
-        let prev_hash: String = row.get(8)?;
-        let stored: String = row.get(9)?;
+        // A column of the wrong type is tampering too: name the record.
+        let text = |i: usize| -> Result<Option<String>, ()> {
+            match row.get_ref(i).map_err(|_| ())? {
+                rusqlite::types::ValueRef::Null => Ok(None),
+                rusqlite::types::ValueRef::Text(t) => std::str::from_utf8(t)
+                    .map(|s| Some(s.to_string()))
+                    .map_err(|_| ()),
+                _ => Err(()),
+            }
+        };
+        let fields = (|| -> Result<_, ()> {
+            let need = |v: Option<String>| v.ok_or(());
+            Ok((
+                need(text(7)?)?,
+                need(text(8)?)?,
+                need(text(9)?)?,
+                text(3)?,
+                text(4)?,
+                text(5)?,
+                text(6)?,
+                need(text(2)?)?,
+                row.get::<_, i64>(1).map_err(|_| ())?,
+            ))
+        })();
+        let Ok((body, prev_hash, stored, user, device, role, request_id, kind, at)) = fields else {
+            return Ok(Verdict::Broken {
+                seq,
+                problem: "a field holds a value of the wrong type: the record was altered".into(),
+            });
+        };
         if seq != expected_seq {
             return Ok(Verdict::Broken {
                 seq,
@@ -205,14 +232,9 @@ pub fn verify(conn: &Connection) -> Result<Verdict, StoreError> {
                 problem: "its prev_hash does not match the hash of the record before it".into(),
             });
         }
-        let user: Option<String> = row.get(3)?;
-        let device: Option<String> = row.get(4)?;
-        let role: Option<String> = row.get(5)?;
-        let request_id: Option<String> = row.get(6)?;
-        let kind: String = row.get(2)?;
         let computed = chain::hash(&chain::Fields {
             seq,
-            at: row.get(1)?,
+            at,
             kind: &kind,
             user: user.as_deref(),
             device: device.as_deref(),
@@ -302,6 +324,21 @@ mod tests {
         assert!(matches!(
             verify(&conn).unwrap(),
             Verdict::Broken { seq: 3, .. }
+        ));
+    }
+
+    #[test]
+    fn a_body_of_the_wrong_type_names_its_record_instead_of_failing() {
+        let (_d, conn) = db();
+        fill(&conn, 3);
+        conn.execute_batch(
+            "DROP TRIGGER audit_append_only_update;
+             UPDATE audit SET body = x'00ff' WHERE seq = 2;",
+        )
+        .unwrap();
+        assert!(matches!(
+            verify(&conn).unwrap(),
+            Verdict::Broken { seq: 2, .. }
         ));
     }
 

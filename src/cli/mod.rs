@@ -124,9 +124,10 @@ fn init_tracing(default: &str) {
 /// Opens the database for an operator command. Only `init` and `serve`
 /// create it: a mistyped `--db` must not quietly start an empty CA.
 fn open_db(paths: &Paths) -> anyhow::Result<rusqlite::Connection> {
-    if !paths.db.exists() {
+    let empty = std::fs::metadata(&paths.db).is_ok_and(|m| m.len() == 0);
+    if !paths.db.exists() || empty {
         anyhow::bail!(
-            "there is no database at {}: run `jitca init` first, or pass --db / JITCA_DB",
+            "there is no jitca database at {}: run `jitca init` first, or pass --db / JITCA_DB",
             paths.db.display()
         );
     }

@@ -33,7 +33,12 @@ impl<'a> Ctx<'a> {
     /// A context for `text`, read from `file` (the name used in messages).
     pub fn new(file: &'a str, text: &'a str) -> Ctx<'a> {
         let line_starts = std::iter::once(0)
-            .chain(text.bytes().enumerate().filter(|(_, b)| *b == b'\n').map(|(i, _)| i + 1))
+            .chain(
+                text.bytes()
+                    .enumerate()
+                    .filter(|(_, b)| *b == b'\n')
+                    .map(|(i, _)| i + 1),
+            )
             .collect();
         Ctx {
             file,

@@ -93,7 +93,13 @@ pub async fn request(
     params: RequestParams,
 ) -> Result<Reply, RequestError> {
     let (policy, snap) = snapshot(state, who, peer).await?;
-    let decision = policy.evaluate(role, &snap, &params)?;
+    let decision = match policy.evaluate(role, &snap, &params) {
+        Ok(d) => d,
+        Err(unknown) => {
+            record_unknown_role(state, snap, role, &params).await?;
+            return Err(unknown.into());
+        }
+    };
     let break_glass = policy.role(role).is_some_and(|r| r.break_glass);
     let grant = match &decision.outcome {
         Outcome::Allow(grant) => grant.clone(),
@@ -239,6 +245,31 @@ async fn record_denial(
     .device(&snap.device.name)
     .role(&decision.role);
     event.request_id = request_id;
+    let at = snap.connection.at;
+    state
+        .writer
+        .run(move |conn| audit::append(conn, at, &event).map(|_| ()))
+        .await
+}
+
+/// Audits a request for a role the policy does not define: a decision too.
+async fn record_unknown_role(
+    state: &State,
+    snap: Snapshot,
+    role: &str,
+    params: &RequestParams,
+) -> Result<(), StoreError> {
+    tracing::info!(user = %snap.user.name, device = %snap.device.name, role, "denied: unknown role");
+    let event = Event::new(
+        "denied",
+        json!({
+            "snapshot": snap,
+            "decision": {"role": role, "rules": [{"rule": "role is defined in the policy", "passed": false, "seen": "not defined"}], "outcome": {"result": "deny"}},
+            "request": request_json(params),
+        }),
+    )
+    .user(&snap.user.name)
+    .device(&snap.device.name);
     let at = snap.connection.at;
     state
         .writer
