@@ -8,10 +8,13 @@
 //! the same way. Changing, inserting or removing any row breaks the chain
 //! at that row.
 //!
-//! Limit: removing records from the end of the chain leaves a shorter chain
-//! that still verifies. `jitca audit verify` prints the head (last sequence
-//! number and hash) so that an operator or a timer can keep it elsewhere and
-//! compare.
+//! Limits: the chain is not keyed. It shows any change to a record that is
+//! not followed by rewriting every later record, but someone with write
+//! access to the database file can rewrite a record and recompute the rest
+//! of the chain, and removing records from the end leaves a shorter chain
+//! that still verifies. Both change the head: `jitca audit verify` prints it
+//! (last sequence number and hash) so that an operator or a timer can keep
+//! it somewhere the database's writers cannot reach, and compare.
 
 use sha2::{Digest, Sha256};
 
