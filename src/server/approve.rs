@@ -85,17 +85,24 @@ pub fn announce_expired(state: &State, req: &Request) {
     state.changes.notify_waiters();
 }
 
+/// Refuses anything that is not shaped like a request id.
+fn check_id(id: &str) -> Result<(), Output> {
+    if approval::is_id(id) {
+        Ok(())
+    } else {
+        Err(usage(format!(
+            "{id:?} is not a request id: ids look like r-abcdefgh23"
+        )))
+    }
+}
+
 /// Reads the caller's own request, or says why not.
 async fn own_request(
     state: &State,
     who: &Identity,
     id: &str,
 ) -> Result<(Request, Vec<approval::Verdict>), Output> {
-    if !approval::is_id(id) {
-        return Err(usage(format!(
-            "{id:?} is not a request id: ids look like r-abcdefgh23"
-        )));
-    }
+    check_id(id)?;
     match refresh(state, id).await {
         Ok(Some((req, v))) if req.user_id == who.user_id => {
             if req.device_id != who.device_id {
@@ -336,10 +343,8 @@ pub async fn pending(state: &State, who: &Identity, peer: IpAddr) -> Output {
 
 /// `show ID`.
 pub async fn show(state: &State, who: &Identity, peer: IpAddr, id: &str) -> Output {
-    if !approval::is_id(id) {
-        return usage(format!(
-            "{id:?} is not a request id: ids look like r-abcdefgh23"
-        ));
+    if let Err(out) = check_id(id) {
+        return out;
     }
     let (_, snap) = match snapshot(state, who, peer).await {
         Ok(s) => s,
@@ -427,10 +432,8 @@ pub async fn decide(
     approve: bool,
     text: Option<String>,
 ) -> Output {
-    if !approval::is_id(id) {
-        return usage(format!(
-            "{id:?} is not a request id: ids look like r-abcdefgh23"
-        ));
+    if let Err(out) = check_id(id) {
+        return out;
     }
     let (policy, snap) = match snapshot(state, who, peer).await {
         Ok(s) => s,
