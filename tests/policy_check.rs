@@ -150,3 +150,28 @@ fn daemon_refuses_to_start_on_an_invalid_policy() {
         describe(&out)
     );
 }
+
+#[test]
+fn policy_check_warns_when_the_enrolled_approvers_could_never_meet_the_count() {
+    let env = common::Env::with_policy(
+        r#"
+[role.db]
+groups = ["dba"]
+principals = ["postgres"]
+ttl = "10m"
+approval = { count = 2, approvers = ["leads"], timeout = "30m" }
+"#,
+    );
+    env.init();
+    env.jitca_ok(&["user", "add", "bob", "--group", "leads"]);
+    let out = env.jitca_ok(&["policy", "check"]);
+    assert!(
+        out.contains(
+            "warning: role db: needs 2 approval(s) from [leads], which have 1 active member(s)"
+        ),
+        "{out}"
+    );
+    env.jitca_ok(&["user", "add", "carol", "--group", "leads"]);
+    let out = env.jitca_ok(&["policy", "check"]);
+    assert!(!out.contains("warning"), "{out}");
+}

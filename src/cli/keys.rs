@@ -284,6 +284,31 @@ fn ts(t: i64) -> String {
         .to_string()
 }
 
+/// Roles whose approvals the enrolled users could not give: fewer active
+/// approvers than the count, not counting a requester who would be both.
+fn approver_warnings(conn: &rusqlite::Connection, policy: &Policy) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for role in policy.roles() {
+        let Some(a) = &role.approval else { continue };
+        let approvers = crate::inventory::active_members(conn, &a.approvers, 0)?;
+        let requesters = crate::inventory::active_members(conn, &role.groups, 0)?;
+        let n = a.count as usize;
+        // A requester who is also an approver cannot approve their own request.
+        let overlap = approvers.iter().any(|u| requesters.contains(u));
+        let needed = if overlap { n + 1 } else { n };
+        if approvers.len() < needed {
+            out.push(format!(
+                "role {}: needs {n} approval(s) from [{}], which have {} active member(s){}: requests could never be approved",
+                role.name,
+                a.approvers.join(", "),
+                approvers.len(),
+                if overlap { ", some of them requesters who cannot approve themselves" } else { "" }
+            ));
+        }
+    }
+    Ok(out)
+}
+
 pub fn policy(paths: &Paths, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     let PolicyCommand::Check { file } = cmd;
     let path: &Path = file.as_deref().unwrap_or(&paths.policy);
@@ -291,6 +316,16 @@ pub fn policy(paths: &Paths, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
         Ok(p) => {
             for w in p.warnings() {
                 println!("warning: {w}");
+            }
+            // With a database at hand, also check that approvals can be met
+            // by the people enrolled now (membership changes by the minute,
+            // so this warns rather than refuses).
+            if paths.db.exists() {
+                if let Ok(conn) = open_db(paths) {
+                    for w in approver_warnings(&conn, &p)? {
+                        println!("warning: {w}");
+                    }
+                }
             }
             println!(
                 "ok: {} is valid ({} roles, sha256 {})",
