@@ -27,12 +27,19 @@ impl Daemon {
     /// Starts the daemon on the environment and waits until it sends an SSH
     /// banner; fails the test with the daemon's log if it does not.
     pub fn start(env: &Env) -> Daemon {
+        Daemon::start_with(env, &[])
+    }
+
+    /// Like [`Daemon::start`], with more arguments for `jitca serve` (such
+    /// as `--krl FILE`).
+    pub fn start_with(env: &Env, extra_args: &[&str]) -> Daemon {
         let n = DAEMONS.fetch_add(1, Ordering::Relaxed);
         let log = env.path(&format!("jitca-serve-{n}.log"));
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let mut cmd = env.jitca_command();
         cmd.args(["serve", "--listen", &listen]);
+        cmd.args(extra_args);
         let server = Server::start("jitca serve", &mut cmd, port, log, "");
         Daemon { server, port }
     }

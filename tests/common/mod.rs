@@ -13,6 +13,7 @@
 pub mod approvals;
 pub mod cert;
 pub mod daemon;
+pub mod krl;
 pub mod net;
 pub mod sshd;
 pub mod waiting;
