@@ -330,6 +330,50 @@ fn revoking_the_active_ca_key_refuses_everything_it_signed_and_a_fresh_key_signs
     assert_audit_intact(&env);
 }
 
+/// Timers on two hosts (or a timer and an operator) may run `ca rotate`
+/// at the same moment: one next key comes of it, and both runs succeed.
+#[test]
+fn two_rotations_at_once_publish_one_next_key() {
+    // Due one second after the key was created; the next key it makes
+    // would not be promoted for three more.
+    let env = Env::with_policy(&rotation_policy(3, 4));
+    env.init();
+    let active = only_key_in(&env, "active");
+    sleep_until(active.created + 2);
+
+    let outputs: Vec<std::process::Output> = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..2)
+            .map(|_| s.spawn(|| env.jitca(&["ca", "rotate"])))
+            .collect();
+        runs.into_iter()
+            .map(|r| {
+                r.join()
+                    .unwrap_or_else(|_| panic!("a rotation thread failed"))
+            })
+            .collect()
+    });
+    for out in &outputs {
+        assert!(
+            out.status.success(),
+            "a concurrent ca rotate failed\n{}",
+            describe(out)
+        );
+    }
+    let created = outputs
+        .iter()
+        .flat_map(|o| stdout(o).lines().map(str::to_string).collect::<Vec<_>>())
+        .filter(|l| l.contains("created as next"))
+        .count();
+    assert_eq!(
+        created,
+        1,
+        "{:#?}",
+        outputs.iter().map(describe).collect::<Vec<_>>()
+    );
+    only_key_in(&env, "next");
+    assert_audit_intact(&env);
+}
+
 #[test]
 fn revoking_an_unknown_ca_key_fails_naming_it_and_changes_nothing() {
     let env = Env::with_policy(STANDARD_POLICY);
