@@ -129,6 +129,34 @@ fn revoked_cert_is_refused_by_sshd_once_the_daemon_rewrites_its_krl_and_others_s
     assert_audit_intact(&env);
 }
 
+/// `serve --krl FILE` follows every kind of change, not only revoked
+/// serials: a disabled device's key, then a revoked CA key.
+#[test]
+fn daemon_krl_file_follows_a_disabled_device_and_a_revoked_ca_key() {
+    let (env, alice, bob) = two_users();
+    let krl = std::path::absolute(env.path("daemon.krl")).unwrap_or_else(|e| panic!("{e}"));
+    let daemon = Daemon::start_with(&env, &["--krl", &krl.to_string_lossy()]);
+    let (first, _) = wait_for_change(&krl, None, Duration::from_secs(20));
+    let (alice_cert, _) = daemon.request_cert(&env, &alice.private, "request shell");
+
+    env.jitca_ok(&["device", "disable", "bob-laptop"]);
+    let (second, _) = wait_for_change(&krl, Some(&first), Duration::from_secs(15));
+    let listed = parse_krl(&second).unwrap_or_else(|e| panic!("the daemon's KRL: {e}"));
+    assert_eq!(listed.revoked_keys, [bob.fingerprint()], "{listed:?}");
+    assert_krl_verdicts(&krl, &[&bob.public], &[&alice_cert, &alice.public]);
+
+    let ca = only_key_in(&env, "active");
+    env.jitca_ok(&["ca", "revoke", &ca.fingerprint]);
+    let (third, _) = wait_for_change(&krl, Some(&second), Duration::from_secs(15));
+    let listed = parse_krl(&third).unwrap_or_else(|e| panic!("the daemon's KRL: {e}"));
+    assert!(
+        listed.revoked_keys.contains(&ca.fingerprint),
+        "the revoked CA key is listed: {listed:?}"
+    );
+    assert_krl_verdicts(&krl, &[&bob.public, &alice_cert], &[&alice.public]);
+    assert_audit_intact(&env);
+}
+
 #[test]
 fn krl_revokes_exactly_the_revoked_serials_across_singles_a_long_run_and_a_dense_block() {
     let (env, alice, bob) = two_users();
