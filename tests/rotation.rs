@@ -14,9 +14,8 @@ use common::daemon::Daemon;
 use common::krl::{
     Host, assert_krl_verdicts, ca_list, only_key_in, parse_krl, signing_ca, trusted_fingerprints,
 };
-use common::{
-    Env, GOOD_POSTURE, KeyKind, KeyPair, STANDARD_POLICY, describe, now_unix, stderr, stdout,
-};
+use common::revoking::{REVOKED_BY_FILE, member};
+use common::{Env, STANDARD_POLICY, describe, now_unix, stderr, stdout};
 
 /// Seconds a next key is published before it signs, and how long a key
 /// signs before the next one is due: short, so the test can wait them out.
@@ -26,9 +25,6 @@ const ROTATE_EVERY: i64 = 8;
 /// A request for a certificate short enough to wait out, long enough to
 /// outlive the overlap of two keys on a busy machine.
 const SHORT: &str = "request shell --ttl 15s";
-
-/// What `sshd` logs when the KRL revokes a key or certificate.
-const REVOKED_BY_FILE: &str = "revoked by file";
 
 /// [`STANDARD_POLICY`] with `[ca] publish_ahead` and `rotate_every` set.
 fn rotation_policy(publish_ahead: i64, rotate_every: i64) -> String {
@@ -44,16 +40,6 @@ fn rotation_policy(publish_ahead: i64, rotate_every: i64) -> String {
         ),
         1,
     )
-}
-
-/// Enrols USER (group `ops`) with an Ed25519 device `USER-laptop` whose
-/// posture passes.
-fn member(env: &Env, user: &str) -> KeyPair {
-    let key = env.keygen(&format!("{user}_ed25519"), KeyKind::Ed25519);
-    let device = format!("{user}-laptop");
-    env.enrol(user, &["ops"], &device, &key);
-    env.set_posture(&device, GOOD_POSTURE);
-    key
 }
 
 /// `jitca ca rotate`; returns its lines.

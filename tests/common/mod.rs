@@ -15,6 +15,7 @@ pub mod cert;
 pub mod daemon;
 pub mod krl;
 pub mod net;
+pub mod revoking;
 pub mod sshd;
 pub mod waiting;
 
