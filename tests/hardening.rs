@@ -197,3 +197,22 @@ fn a_huge_since_span_lists_from_the_beginning_instead_of_panicking() {
         assert!(!common::stdout(&out).is_empty(), "{span}: listed nothing");
     }
 }
+
+#[test]
+fn serve_refuses_to_start_when_its_krl_file_cannot_be_written() {
+    let env = common::Env::with_policy(common::STANDARD_POLICY);
+    let bad = env.path("no-such-dir/jitca.krl");
+    let out = env.jitca(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--krl",
+        &bad.to_string_lossy(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("cannot write the KRL"),
+        "{}",
+        describe(&out)
+    );
+}

@@ -171,6 +171,12 @@ pub fn serve(paths: &Paths, args: ServeArgs) -> anyhow::Result<ExitCode> {
         );
         let state = Arc::new(state);
         if let Some(path) = args.krl.clone() {
+            // A KRL that cannot be written is a start failure, not a log line
+            // every two seconds while hosts go without revocations.
+            let conn = open_db(paths)?;
+            let spec = crate::ca::revocation::krl_spec(&conn, now_unix())?;
+            crate::ca::krl::write_atomically(&path, &crate::ca::krl::encode(&spec)?)
+                .with_context(|| format!("cannot write the KRL to {}", path.display()))?;
             tokio::spawn(server::keep_krl(state.clone(), path));
         }
         let limits = Limits {

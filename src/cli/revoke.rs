@@ -13,23 +13,30 @@ use crate::model::now_unix;
 use crate::store;
 
 #[derive(Debug, clap::Args)]
-#[group(id = "target", required = true, multiple = false)]
 pub struct RevokeArgs {
-    /// The certificate with this serial
-    #[arg(long, group = "target")]
-    serial: Option<u64>,
-    /// The certificate of this approved request (r-...)
-    #[arg(long, group = "target")]
-    request: Option<String>,
-    /// Every live certificate of this user
-    #[arg(long, group = "target")]
-    user: Option<String>,
-    /// Every live certificate of this device
-    #[arg(long, group = "target")]
-    device: Option<String>,
+    #[command(flatten)]
+    target: TargetArgs,
     /// Why, for the audit log
     #[arg(long)]
     reason: Option<String>,
+}
+
+/// Exactly one of the four.
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+struct TargetArgs {
+    /// The certificate with this serial
+    #[arg(long)]
+    serial: Option<u64>,
+    /// The certificate of this approved request (r-...)
+    #[arg(long)]
+    request: Option<String>,
+    /// Every live certificate of this user
+    #[arg(long)]
+    user: Option<String>,
+    /// Every live certificate of this device
+    #[arg(long)]
+    device: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -40,7 +47,8 @@ pub struct KrlArgs {
 }
 
 pub fn run_revoke(paths: &Paths, args: RevokeArgs) -> anyhow::Result<ExitCode> {
-    let target = match (args.serial, args.request, args.user, args.device) {
+    let t = args.target;
+    let target = match (t.serial, t.request, t.user, t.device) {
         (Some(s), ..) => Target::Serial(s),
         (_, Some(r), ..) => Target::Request(r),
         (_, _, Some(u), _) => Target::User(u),

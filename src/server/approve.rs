@@ -173,6 +173,33 @@ pub async fn fetch(
     if let Some(out) = ended(&req) {
         return out;
     }
+    if req.state == approval::State::Issued {
+        let key = req.id.clone();
+        let revoked = state
+            .readers
+            .run(move |conn| {
+                let n: i64 = conn.query_row(
+                    "SELECT COUNT(*) FROM certificates WHERE request_id = ?1 AND revoked_at IS NOT NULL",
+                    [&key],
+                    |r| r.get(0),
+                )?;
+                Ok(n > 0)
+            })
+            .await;
+        match revoked {
+            Ok(true) => {
+                return Output::stderr(
+                    format!(
+                        "denied: the certificate of request {} was revoked; make a new request\n",
+                        req.id
+                    ),
+                    exit::DENIED,
+                );
+            }
+            Ok(false) => {}
+            Err(e) => return internal(e),
+        }
+    }
     match issue::issue_approved(state, who, key, peer, &req).await {
         Ok(Reply::Issued(i)) => issued_output(&i, &req.role),
         Ok(Reply::Denied(d)) => Output::stderr(denial(&d), exit::DENIED),

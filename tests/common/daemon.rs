@@ -30,14 +30,15 @@ impl Daemon {
         Daemon::start_with(env, &[])
     }
 
-    /// [`Daemon::start`] with more `jitca serve` options.
-    pub fn start_with(env: &Env, options: &[&str]) -> Daemon {
+    /// Like [`Daemon::start`], with more arguments for `jitca serve` (such
+    /// as `--krl FILE`).
+    pub fn start_with(env: &Env, extra_args: &[&str]) -> Daemon {
         let n = DAEMONS.fetch_add(1, Ordering::Relaxed);
         let log = env.path(&format!("jitca-serve-{n}.log"));
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let mut cmd = env.jitca_command();
-        cmd.args(["serve", "--listen", &listen]).args(options);
+        cmd.args(["serve", "--listen", &listen]).args(extra_args);
         let server = Server::start("jitca serve", &mut cmd, port, log, "");
         Daemon { server, port }
     }

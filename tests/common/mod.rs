@@ -13,7 +13,9 @@
 pub mod approvals;
 pub mod cert;
 pub mod daemon;
+pub mod krl;
 pub mod net;
+pub mod revoking;
 pub mod sshd;
 pub mod waiting;
 

@@ -26,6 +26,18 @@ impl Sshd {
     /// `{port}` in them is replaced by the chosen port (for example
     /// `ListenAddress 127.0.0.2:{port}`).
     pub fn start(env: &Env, trusted_ca: &Path, extra_config: &[&str]) -> Sshd {
+        Sshd::start_with_args(env, trusted_ca, extra_config, &[])
+    }
+
+    /// Like [`Sshd::start`], with more command-line arguments for `sshd`
+    /// (they override the config file: `-o LogLevel=DEBUG2`, say, to see
+    /// why a CA is not trusted, which `sshd` reports only at that level).
+    pub fn start_with_args(
+        env: &Env,
+        trusted_ca: &Path,
+        extra_config: &[&str],
+        args: &[&str],
+    ) -> Sshd {
         let n = SERVERS.fetch_add(1, Ordering::Relaxed);
         let dir = env.path(&format!("sshd-{n}"));
         std::fs::create_dir(&dir)
@@ -71,6 +83,7 @@ impl Sshd {
 
         let mut cmd = Command::new(SSHD);
         cmd.arg("-D").arg("-e").arg("-f").arg(&config_path);
+        cmd.args(args);
         let context = format!("config:\n{config}");
         let server = Server::start("sshd", &mut cmd, port, dir.join("sshd.log"), &context);
         Sshd { server, port }
