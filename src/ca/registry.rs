@@ -28,6 +28,10 @@ pub struct CaKeyRow {
     pub file: String,
     pub state: String,
     pub created_at: i64,
+    pub activated_at: Option<i64>,
+    pub retired_at: Option<i64>,
+    /// When the last certificate it signed expires (none signed: `None`).
+    pub last_valid_before: Option<i64>,
 }
 
 fn row(r: &rusqlite::Row) -> rusqlite::Result<CaKeyRow> {
@@ -38,10 +42,15 @@ fn row(r: &rusqlite::Row) -> rusqlite::Result<CaKeyRow> {
         file: r.get(3)?,
         state: r.get(4)?,
         created_at: r.get(5)?,
+        activated_at: r.get(6)?,
+        retired_at: r.get(7)?,
+        last_valid_before: r.get(8)?,
     })
 }
 
-const COLUMNS: &str = "id, fingerprint, algorithm, file, state, created_at";
+const COLUMNS: &str =
+    "id, fingerprint, algorithm, file, state, created_at, activated_at, retired_at,
+    (SELECT MAX(valid_before) FROM certificates c WHERE c.ca_key_id = ca_keys.id)";
 
 /// The active key's row, if there is one.
 pub fn active(conn: &Connection) -> Result<Option<CaKeyRow>, StoreError> {

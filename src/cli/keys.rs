@@ -271,7 +271,7 @@ pub fn ca(paths: &Paths, cmd: CaCommand) -> anyhow::Result<ExitCode> {
         }
         CaCommand::List => {
             for k in registry::list(&conn)? {
-                println!(
+                let mut line = format!(
                     "{:<9} {} {} {} created {}",
                     k.state,
                     k.fingerprint,
@@ -279,6 +279,24 @@ pub fn ca(paths: &Paths, cmd: CaCommand) -> anyhow::Result<ExitCode> {
                     k.file,
                     ts(k.created_at)
                 );
+                if let Some(t) = k.activated_at {
+                    line.push_str(&format!(" signing since {}", ts(t)));
+                }
+                if let Some(t) = k.retired_at {
+                    line.push_str(&format!(
+                        " {} {}",
+                        if k.state == "retiring" {
+                            "retiring since"
+                        } else {
+                            "ended"
+                        },
+                        ts(t)
+                    ));
+                }
+                if let Some(t) = k.last_valid_before {
+                    line.push_str(&format!(" last certificate expires {}", ts(t)));
+                }
+                println!("{line}");
             }
         }
     }
