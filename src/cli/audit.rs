@@ -19,7 +19,11 @@ pub enum AuditCommand {
         /// Only records since this time: RFC 3339 (2026-12-04T10:00:00Z) or a duration ago (1h)
         #[arg(long, value_parser = parse_since)]
         since: Option<i64>,
-        /// Only records of this kind (issued, denied, auth-refused, ...)
+        /// Only records of this kind: issued, denied, auth-refused, request-pending,
+        /// approval, approval-denied, approval-refused, request-approved, request-expired,
+        /// revoked, user-added, user-suspended, user-resumed, device-added, device-disabled,
+        /// posture-set, posture-imported, ca-key-created, ca-key-activated, ca-key-retiring,
+        /// ca-key-retired, ca-key-revoked, ...
         #[arg(long)]
         kind: Option<String>,
         /// Only uses of break-glass roles
@@ -30,7 +34,10 @@ pub enum AuditCommand {
         json: bool,
     },
     /// Show one record in full
-    Show { id: i64 },
+    Show {
+        /// The record's sequence number (the first column of `audit list`)
+        id: i64,
+    },
     /// Walk the hash chain; exit 1 naming the first record that does not match
     Verify,
 }

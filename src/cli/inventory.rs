@@ -16,6 +16,7 @@ use crate::store;
 pub enum UserCommand {
     /// Add a user
     Add {
+        /// The user's name (letters, digits, '.', '_', '-')
         name: String,
         /// A group the user belongs to (repeatable)
         #[arg(long = "group")]
@@ -24,14 +25,25 @@ pub enum UserCommand {
     /// List users
     List,
     /// Show one user
-    Show { name: String },
-    /// Suspend a user: their keys are refused until resumed
-    Suspend { name: String },
+    Show {
+        /// The user's name
+        name: String,
+    },
+    /// Suspend a user: their keys are refused and their live certificates revoked
+    Suspend {
+        /// The user's name
+        name: String,
+    },
     /// Resume a suspended user
-    Resume { name: String },
+    Resume {
+        /// The user's name
+        name: String,
+    },
     /// Set user attributes (ATTR=VALUE; true/false, integers, else text)
     Set {
+        /// The user's name
         name: String,
+        /// ATTR=VALUE pairs, e.g. clearance=2 team=payments
         #[arg(required = true)]
         attributes: Vec<String>,
     },
@@ -40,16 +52,28 @@ pub enum UserCommand {
 #[derive(Debug, Subcommand)]
 pub enum GroupCommand {
     /// Add USER to GROUP
-    Add { group: String, user: String },
+    Add {
+        /// The group
+        group: String,
+        /// The user's name
+        user: String,
+    },
     /// Remove USER from GROUP
-    Remove { group: String, user: String },
+    Remove {
+        /// The group
+        group: String,
+        /// The user's name
+        user: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum DeviceCommand {
     /// Enrol the public key in KEYFILE as a device of USER
     Add {
+        /// The user the device belongs to
         user: String,
+        /// The device's public key file (e.g. id_ed25519.pub), one key line
         keyfile: PathBuf,
         /// The device's name (e.g. alice-laptop)
         #[arg(long)]
@@ -57,22 +81,33 @@ pub enum DeviceCommand {
     },
     /// List devices
     List,
-    /// Disable a device: its key is refused from now on
-    Disable { name: String },
+    /// Disable a device for good: its key is refused and listed in the KRL, its certificates revoked
+    Disable {
+        /// The device's name
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum PostureCommand {
     /// Set posture attributes of a device, reported now (ATTR=VALUE...)
     Set {
+        /// The device's name
         device: String,
+        /// ATTR=VALUE pairs, e.g. disk_encrypted=true os_version=14.6
         #[arg(required = true)]
         attributes: Vec<String>,
     },
     /// Import posture reports: JSON lines of {"device", "reported_at", "attributes"}; all or nothing
-    Import { file: PathBuf },
+    Import {
+        /// The JSON-lines file (e.g. an MDM export)
+        file: PathBuf,
+    },
     /// Show a device's posture
-    Show { device: String },
+    Show {
+        /// The device's name
+        device: String,
+    },
 }
 
 pub fn user(paths: &Paths, cmd: UserCommand) -> anyhow::Result<ExitCode> {
