@@ -181,13 +181,15 @@ pub fn check_name(what: &'static str, name: &str) -> Result<(), BadName> {
 pub fn is_hidden_char(c: char) -> bool {
     c.is_control()
         || matches!(c,
-            '\u{00AD}' | '\u{061C}' | '\u{180E}'
+            '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}'
+            | '\u{17B4}' | '\u{17B5}' | '\u{180B}'..='\u{180E}'
             | '\u{200B}'..='\u{200F}'
-            | '\u{202A}'..='\u{202E}'
-            | '\u{2060}'..='\u{2064}'
-            | '\u{2066}'..='\u{206F}'
-            | '\u{FEFF}'
-            | '\u{FFF9}'..='\u{FFFB}')
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}')
 }
 
 /// Unix seconds now.
@@ -231,7 +233,18 @@ mod tests {
 
     #[test]
     fn hidden_characters_are_recognised() {
-        for c in ['\u{202E}', '\u{200B}', '\u{FEFF}', '\u{1b}', '\n'] {
+        for c in [
+            '\u{202E}',
+            '\u{200B}',
+            '\u{FEFF}',
+            '\u{1b}',
+            '\n',
+            '\u{E0041}',
+            '\u{2028}',
+            '\u{FE0F}',
+            '\u{3164}',
+            '\u{2065}',
+        ] {
             assert!(is_hidden_char(c), "{c:?}");
         }
         for c in ['a', 'é', '-', ' ', '日'] {

@@ -3,12 +3,16 @@
 //!
 //! It runs without a shell, in the background, under a time limit; a
 //! notifier that fails, hangs or cannot be started is logged and never
-//! delays or changes a decision. At most [`MAX_RUNNING`] run at once; an
-//! event that finds them all busy is dropped with a warning rather than
-//! queued without bound.
+//! delays or changes a decision. At most [`MAX_RUNNING`] run at once and
+//! the rest wait their turn; beyond [`MAX_QUEUED`] waiting events, new ones
+//! are dropped with a warning — except break-glass uses, which always wait.
+//!
+//! Limit: the time limit kills the notifier process itself, not processes
+//! it started; a notifier script should `exec` its last command.
 
 use std::process::Stdio;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -19,17 +23,21 @@ use tokio::sync::Semaphore;
 pub const TIME_LIMIT: Duration = Duration::from_secs(10);
 /// Notifier processes running at once, at most.
 pub const MAX_RUNNING: usize = 8;
+/// Events waiting for a free notifier, at most (break-glass uses excepted).
+pub const MAX_QUEUED: usize = 1024;
 
 /// Runs notifier programs.
 #[derive(Clone)]
 pub struct Notifier {
     running: Arc<Semaphore>,
+    queued: Arc<AtomicUsize>,
 }
 
 impl Default for Notifier {
     fn default() -> Notifier {
         Notifier {
             running: Arc::new(Semaphore::new(MAX_RUNNING)),
+            queued: Arc::default(),
         }
     }
 }
@@ -42,10 +50,13 @@ impl Notifier {
             return;
         };
         let kind = event["event"].as_str().unwrap_or("?").to_string();
-        let Ok(permit) = self.running.clone().try_acquire_owned() else {
-            tracing::warn!(event = %kind, max = MAX_RUNNING, "notifier busy; event dropped");
+        if self.queued.load(Ordering::Relaxed) >= MAX_QUEUED && kind != "break-glass" {
+            tracing::warn!(event = %kind, max = MAX_QUEUED, "notifier backlog full; event dropped");
             return;
-        };
+        }
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        let running = self.running.clone();
+        let queued = self.queued.clone();
         let mut cmd = Command::new(path);
         cmd.args(args)
             .stdin(Stdio::piped())
@@ -56,7 +67,11 @@ impl Notifier {
         line.push(b'\n');
         let path = path.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let permit = running.acquire_owned().await;
+            queued.fetch_sub(1, Ordering::Relaxed);
+            let Ok(_permit) = permit else {
+                return;
+            };
             let run = async {
                 let mut child = cmd.spawn()?;
                 if let Some(mut stdin) = child.stdin.take() {
@@ -86,6 +101,33 @@ impl Notifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_break_glass_event_waits_for_a_busy_notifier_instead_of_being_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("events");
+        let script = dir.path().join("slow.sh");
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\nsleep 1\ncat >> {}\n", out.display()),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let n = Notifier::default();
+        let program = [script.display().to_string()];
+        for i in 0..MAX_RUNNING {
+            n.send(&program, serde_json::json!({"event": "pending", "n": i}));
+        }
+        n.send(&program, serde_json::json!({"event": "break-glass"}));
+        for _ in 0..100 {
+            if std::fs::read_to_string(&out).is_ok_and(|s| s.contains("break-glass")) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the break-glass event never reached the notifier");
+    }
 
     #[tokio::test]
     async fn the_event_arrives_on_stdin_and_a_hanging_notifier_does_not_block() {

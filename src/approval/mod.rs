@@ -83,6 +83,9 @@ pub struct Verdict {
     pub at: i64,
 }
 
+/// Requests one user may have pending or approved-but-unfetched at once.
+pub const MAX_OPEN_PER_USER: i64 = 20;
+
 const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
 
 /// A fresh request id: `r-` and 10 base32 characters (50 random bits).
@@ -143,6 +146,17 @@ pub struct NewRequest<'a> {
 
 /// Stores a pending request and its audit record; returns its id.
 pub fn create(conn: &Connection, new: &NewRequest, now: i64) -> Result<String, StoreError> {
+    let open: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM requests WHERE user_id = ?1 AND state IN ('pending', 'approved')",
+        [new.user_id],
+        |r| r.get(0),
+    )?;
+    if open >= MAX_OPEN_PER_USER {
+        return Err(StoreError::Refused(format!(
+            "{} has {open} open requests, the most one user may have: fetch or let them expire first",
+            new.user
+        )));
+    }
     let id = new_id();
     let snapshot = audit::chain::canonical(&new.body["snapshot"]);
     conn.execute(
@@ -316,6 +330,13 @@ pub fn decide(conn: &Connection, id: &str, d: &Decide, now: i64) -> Result<Decid
     if req.state != State::Pending {
         return Ok(Decided::NotPending(req.state));
     }
+    // The approver was checked on a snapshot; a suspension since then wins.
+    let device: String = conn.query_row(
+        "SELECT name FROM devices WHERE id = ?1",
+        [d.device_id],
+        |r| r.get(0),
+    )?;
+    crate::inventory::still_active(conn, &device)?;
     let have = |conn: &Connection| -> Result<u32, StoreError> {
         let n: i64 = conn.query_row(
             "SELECT COUNT(*) FROM approvals WHERE request_id = ?1 AND verdict = 'approve'",

@@ -216,6 +216,32 @@ fn audit_key(
     Ok(())
 }
 
+/// Checks that key `id` loads from its file with the recorded fingerprint,
+/// before it is made to sign: a key that cannot sign must not be promoted.
+fn check_loads(
+    conn: &Connection,
+    dir: &Path,
+    id: i64,
+    fingerprint: &str,
+) -> Result<(), StoreError> {
+    let file: String =
+        conn.query_row("SELECT file FROM ca_keys WHERE id = ?1", [id], |r| r.get(0))?;
+    let path = dir.join(&file);
+    let key = load_ca_key(&path).map_err(|e| {
+        StoreError::invalid(format!(
+            "the next CA key {fingerprint} cannot be made active: {e}"
+        ))
+    })?;
+    if key.fingerprint() != fingerprint {
+        return Err(StoreError::invalid(format!(
+            "the next CA key file {} has fingerprint {}, but the database records {fingerprint}: restore the right file",
+            path.display(),
+            key.fingerprint()
+        )));
+    }
+    Ok(())
+}
+
 /// Moves `next` to active and the active key to retiring.
 fn promote(conn: &Connection, next: (i64, &str), now: i64) -> Result<Vec<String>, StoreError> {
     let mut changes = Vec::new();
@@ -273,6 +299,7 @@ pub fn rotate(
     let next = by_state(conn, "next")?;
     if let Some((id, fp, created, _)) = next.first() {
         if created.saturating_add(ahead) <= now {
+            check_loads(conn, dir, *id, fp)?;
             changes.extend(promote(conn, (*id, fp), now)?);
         }
         return Ok(changes);
@@ -355,7 +382,7 @@ pub fn revoke_key(
     )];
     if state == "active" {
         match by_state(conn, "next")?.first() {
-            Some((next_id, next_fp, _, _)) => {
+            Some((next_id, next_fp, _, _)) if check_loads(conn, dir, *next_id, next_fp).is_ok() => {
                 set_state(conn, *next_id, "active", now)?;
                 audit_key(
                     conn,
@@ -366,7 +393,7 @@ pub fn revoke_key(
                 )?;
                 changes.push(format!("{next_fp}: next -> active at once"));
             }
-            None => {
+            _ => {
                 let key = create(conn, dir, "active", now)?;
                 changes.push(format!("{}: created as active at once", key.fingerprint()));
             }

@@ -143,15 +143,24 @@ fn parse_key(line: &str) -> Result<PublicKey, StoreError> {
 
 /// What the KRL must hold now: the revoked, still-live serials of each CA
 /// key, the keys of disabled devices, and the CA keys revoked outright.
-pub fn krl_spec(conn: &Connection, now: i64) -> Result<KrlSpec, StoreError> {
+///
+/// A revoked certificate stays listed for `skew` past its expiry (the
+/// policy's `backdate`): a host whose clock runs that far behind the CA's
+/// still accepts it until then.
+pub fn krl_spec(
+    conn: &Connection,
+    now: i64,
+    skew: std::time::Duration,
+) -> Result<KrlSpec, StoreError> {
+    let skew = i64::try_from(skew.as_secs()).unwrap_or(i64::MAX);
     let mut by_ca: BTreeMap<i64, (String, Vec<u64>)> = BTreeMap::new();
     {
         let mut stmt = conn.prepare(
             "SELECT k.id, k.public_key, c.serial FROM certificates c JOIN ca_keys k ON k.id = c.ca_key_id
-             WHERE c.revoked_at IS NOT NULL AND c.valid_before > ?1 AND k.state != 'revoked'
+             WHERE c.revoked_at IS NOT NULL AND c.valid_before > ?1 - ?2 AND k.state != 'revoked'
              ORDER BY k.id, c.serial",
         )?;
-        let rows = stmt.query_map([now], |r| {
+        let rows = stmt.query_map([now, skew], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, String>(1)?,
@@ -193,4 +202,60 @@ pub fn krl_spec(conn: &Connection, now: i64) -> Result<KrlSpec, StoreError> {
         keys,
         revoked_cas,
     })
+}
+
+/// Cancels the requests matching `target` that are still pending or
+/// approved but not fetched, so that no certificate comes of them later.
+/// Returns their ids; each cancellation is audited. Serial and CA-key
+/// targets match no request.
+pub fn cancel_requests(
+    conn: &Connection,
+    target: &Target,
+    reason: Option<&str>,
+    now: i64,
+) -> Result<Vec<String>, StoreError> {
+    let (filter, arg): (&str, rusqlite::types::Value) = match target {
+        Target::Request(r) => ("r.id = ?1", r.clone().into()),
+        Target::User(u) => (
+            "r.user_id = (SELECT id FROM users WHERE name = ?1)",
+            u.clone().into(),
+        ),
+        Target::Device(d) => (
+            "r.device_id = (SELECT id FROM devices WHERE name = ?1)",
+            d.clone().into(),
+        ),
+        Target::Serial(_) | Target::CaKey(_) => return Ok(Vec::new()),
+    };
+    let sql = format!(
+        "SELECT r.id, u.name, d.name, r.role, r.state FROM requests r
+         JOIN users u ON u.id = r.user_id JOIN devices d ON d.id = r.device_id
+         WHERE {filter} AND r.state IN ('pending', 'approved') ORDER BY r.id"
+    );
+    let open: Vec<(String, String, String, String, String)> = {
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map([arg], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let why = format!(
+        "cancelled by an operator{}",
+        reason.map(|r| format!(": {r}")).unwrap_or_default()
+    );
+    for (id, user, device, role, state) in &open {
+        conn.execute(
+            "UPDATE requests SET state = 'denied', decided_at = ?2, outcome = ?3 WHERE id = ?1",
+            params![id, now, why],
+        )?;
+        let mut event = Event::new(
+            "request-cancelled",
+            json!({"from": state, "reason": reason, "target": target.describe(), "actor": crate::inventory::operator()}),
+        )
+        .user(user)
+        .device(device)
+        .role(role);
+        event.request_id = Some(id.clone());
+        audit::append(conn, now, &event)?;
+    }
+    Ok(open.into_iter().map(|(id, ..)| id).collect())
 }

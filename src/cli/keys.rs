@@ -132,6 +132,12 @@ pub fn serve(paths: &Paths, args: ServeArgs) -> anyhow::Result<ExitCode> {
     for w in policy.warnings() {
         tracing::warn!(warning = %w, "policy warning");
     }
+    if args.idle_timeout < Duration::from_secs(30) {
+        anyhow::bail!(
+            "--idle-timeout {} is too short: a requester waiting for approval hears from the CA every 20s; use 30s or more",
+            humantime::format_duration(args.idle_timeout)
+        );
+    }
     // So is a port that is taken.
     let listener = std::net::TcpListener::bind(args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -174,7 +180,7 @@ pub fn serve(paths: &Paths, args: ServeArgs) -> anyhow::Result<ExitCode> {
             // A KRL that cannot be written is a start failure, not a log line
             // every two seconds while hosts go without revocations.
             let conn = open_db(paths)?;
-            let spec = crate::ca::revocation::krl_spec(&conn, now_unix())?;
+            let spec = crate::ca::revocation::krl_spec(&conn, now_unix(), state.policy().backdate())?;
             crate::ca::krl::write_atomically(&path, &crate::ca::krl::encode(&spec)?)
                 .with_context(|| format!("cannot write the KRL to {}", path.display()))?;
             tokio::spawn(server::keep_krl(state.clone(), path));

@@ -8,7 +8,7 @@ use anyhow::Context;
 
 use super::{Paths, open_db};
 use crate::ca::krl;
-use crate::ca::revocation::{Target, krl_spec, revoke};
+use crate::ca::revocation::{Target, cancel_requests, krl_spec, revoke};
 use crate::model::now_unix;
 use crate::store;
 
@@ -58,9 +58,23 @@ pub fn run_revoke(paths: &Paths, args: RevokeArgs) -> anyhow::Result<ExitCode> {
     let mut conn = open_db(paths)?;
     let now = now_unix();
     let reason = args.reason;
-    let serials = store::write(&mut conn, |c| revoke(c, &target, reason.as_deref(), now))?;
+    let (serials, cancelled) = store::write(&mut conn, |c| {
+        let cancelled = cancel_requests(c, &target, reason.as_deref(), now)?;
+        Ok((revoke(c, &target, reason.as_deref(), now)?, cancelled))
+    })?;
+    if !cancelled.is_empty() {
+        println!(
+            "cancelled {} open request(s): {}; they will issue nothing",
+            cancelled.len(),
+            cancelled.join(", ")
+        );
+    }
     if serials.is_empty() {
-        println!("nothing to revoke: no live certificate matches (expired certificates need none)");
+        if cancelled.is_empty() {
+            println!(
+                "nothing to revoke: no live certificate matches (expired certificates need none)"
+            );
+        }
     } else {
         let list: Vec<String> = serials.iter().map(u64::to_string).collect();
         println!(
@@ -74,7 +88,8 @@ pub fn run_revoke(paths: &Paths, args: RevokeArgs) -> anyhow::Result<ExitCode> {
 
 pub fn run_krl(paths: &Paths, args: KrlArgs) -> anyhow::Result<ExitCode> {
     let conn = open_db(paths)?;
-    let spec = krl_spec(&conn, now_unix())?;
+    let policy = crate::policy::Policy::load(&paths.policy).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let spec = krl_spec(&conn, now_unix(), policy.backdate())?;
     let bytes = krl::encode(&spec)?;
     match args.out {
         Some(path) => {

@@ -142,6 +142,7 @@ pub fn disable_device(
             .device(name),
     )?;
     let target = crate::ca::revocation::Target::Device(name.to_string());
+    crate::ca::revocation::cancel_requests(conn, &target, Some("device disabled"), now)?;
     crate::ca::revocation::revoke(conn, &target, Some("device disabled"), now).map(Some)
 }
 

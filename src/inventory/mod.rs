@@ -130,6 +130,7 @@ pub fn set_user_status(
         return Ok(Some(Vec::new()));
     }
     let target = crate::ca::revocation::Target::User(name.to_string());
+    crate::ca::revocation::cancel_requests(conn, &target, Some("user suspended"), now)?;
     crate::ca::revocation::revoke(conn, &target, Some("user suspended"), now).map(Some)
 }
 

@@ -38,6 +38,32 @@ impl Identity {
     }
 }
 
+/// Checks, inside the caller's write transaction, that the device `device`
+/// and its user are still active. The decision was taken on a snapshot read
+/// before the transaction began; a suspension or a disabling that committed
+/// since must win, or its revocation would miss what is issued now.
+pub fn still_active(conn: &Connection, device: &str) -> Result<(), StoreError> {
+    let row: Option<(String, String, String)> = conn
+        .prepare_cached(
+            "SELECT u.name, u.status, d.status FROM devices d JOIN users u ON u.id = d.user_id
+             WHERE d.name = ?1",
+        )?
+        .query_row([device], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    match row {
+        Some((_, u, d)) if u == "active" && d == "active" => Ok(()),
+        Some((user, u, _)) if u != "active" => Err(StoreError::Refused(format!(
+            "user {user} was suspended while the request was being decided"
+        ))),
+        Some(_) => Err(StoreError::Refused(format!(
+            "device {device} was disabled while the request was being decided"
+        ))),
+        None => Err(StoreError::invalid(format!(
+            "device {device} no longer exists"
+        ))),
+    }
+}
+
 /// The enrolled device (and its user) whose key has this fingerprint.
 pub fn identity_by_fingerprint(
     conn: &Connection,

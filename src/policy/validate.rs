@@ -270,6 +270,12 @@ fn role(
             format!("{what}: break_glass and approval exclude each other: a break-glass role must not wait for approvers; remove one"),
         );
     }
+    if let (Some(a), None) = (&raw.approval, &raw.approver_posture) {
+        ctx.warn(
+            a.span(),
+            format!("{what}: approval without approver_posture: approvers' own devices are not checked; set approver_posture"),
+        );
+    }
     if let (Some(p), None) = (&raw.approver_posture, &raw.approval) {
         ctx.warn(
             p.span(),
@@ -400,7 +406,13 @@ approval = { count = 1, approvers = ["dba-leads"], timeout = "30m" }
         let profile = policy.profile("managed-laptop").unwrap();
         assert_eq!(profile.require.len(), 3);
         assert_eq!(profile.max_report_age, Duration::from_secs(86_400));
-        assert!(policy.warnings().is_empty(), "{:?}", policy.warnings());
+        // DESIGN.md's example leaves approver_posture out, which is worth a warning.
+        let warnings = policy.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("approval without approver_posture"),
+            "{warnings:?}"
+        );
         assert!(policy.notify().is_none());
     }
 

@@ -20,7 +20,7 @@ use crate::store::StoreError;
 
 /// How often a waiting requester is told that the wait goes on; the line
 /// also shows whether the client is still there.
-const HEARTBEAT: Duration = Duration::from_secs(30);
+const HEARTBEAT: Duration = Duration::from_secs(20);
 /// How often a waiting requester looks at the request when nothing woke it.
 const POLL: Duration = Duration::from_secs(1);
 
@@ -175,19 +175,20 @@ pub async fn fetch(
     }
     if req.state == approval::State::Issued {
         let key = req.id.clone();
-        let revoked = state
+        let now = now_unix();
+        let found = state
             .readers
             .run(move |conn| {
-                let n: i64 = conn.query_row(
-                    "SELECT COUNT(*) FROM certificates WHERE request_id = ?1 AND revoked_at IS NOT NULL",
+                let row: (i64, i64) = conn.query_row(
+                    "SELECT COUNT(revoked_at), COALESCE(MAX(valid_before), 0) FROM certificates WHERE request_id = ?1",
                     [&key],
-                    |r| r.get(0),
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )?;
-                Ok(n > 0)
+                Ok(row)
             })
             .await;
-        match revoked {
-            Ok(true) => {
+        match found {
+            Ok((revoked, _)) if revoked > 0 => {
                 return Output::stderr(
                     format!(
                         "denied: the certificate of request {} was revoked; make a new request\n",
@@ -196,7 +197,16 @@ pub async fn fetch(
                     exit::DENIED,
                 );
             }
-            Ok(false) => {}
+            Ok((_, until)) if until <= now => {
+                return Output::stderr(
+                    format!(
+                        "expired: the certificate of request {} has expired; make a new request\n",
+                        req.id
+                    ),
+                    exit::EXPIRED,
+                );
+            }
+            Ok(_) => {}
             Err(e) => return internal(e),
         }
     }
@@ -224,7 +234,7 @@ pub async fn wait_for(
     id: &str,
     progress: &Progress,
 ) -> Output {
-    let mut told = 0;
+    let mut told = std::collections::BTreeSet::new();
     let mut beat = Instant::now();
     loop {
         let woken = state.changes.notified();
@@ -233,28 +243,32 @@ pub async fn wait_for(
             Ok(None) => return usage(format!("request {id} disappeared")),
             Err(e) => return internal(e),
         };
+        // By name, not by position: two approvals in one second may sort
+        // either way.
         let approvals: Vec<&approval::Verdict> = verdicts.iter().filter(|v| v.approve).collect();
-        for (n, v) in approvals.iter().enumerate().skip(told) {
-            let note = v
-                .comment
-                .as_deref()
-                .map(|c| format!(": {c}"))
-                .unwrap_or_default();
-            progress.line(format!(
-                "approved by {} ({} of {}){note}\n",
-                v.approver,
-                n + 1,
-                req.needed
-            ));
+        for v in &approvals {
+            if told.insert(v.approver.clone()) {
+                let note = v
+                    .comment
+                    .as_deref()
+                    .map(|c| format!(": {c}"))
+                    .unwrap_or_default();
+                progress.line(format!(
+                    "approved by {} ({} of {}){note}\n",
+                    v.approver,
+                    told.len(),
+                    req.needed
+                ));
+            }
         }
-        told = approvals.len();
         if req.state != approval::State::Pending {
             return Box::pin(fetch(state, who, key, peer, id, false, progress)).await;
         }
         if beat.elapsed() >= HEARTBEAT {
             let left = req.deadline.saturating_sub(now_unix()).max(0) as u64;
             progress.line(format!(
-                "waiting: request {id}: {told} of {} approval(s), expires in {}\n",
+                "waiting: request {id}: {} of {} approval(s), expires in {}\n",
+                told.len(),
                 req.needed,
                 human(Duration::from_secs(left))
             ));
@@ -480,7 +494,7 @@ pub async fn decide(
     if rules.iter().any(|r| !r.passed) {
         return refuse(state, who, &req, rules, approve).await;
     }
-    if let Some(out) = not_pending(&req) {
+    if let Some(out) = not_pending(&req, approve) {
         return out;
     }
 
@@ -553,7 +567,7 @@ pub async fn decide(
         Decided::NotPending(s) => {
             let mut req = req;
             req.state = s;
-            not_pending(&req).unwrap_or_else(|| {
+            not_pending(&req, approve).unwrap_or_else(|| {
                 Output::stderr(
                     format!("request {} is {}\n", req.id, s.as_str()),
                     exit::DENIED,
@@ -564,12 +578,19 @@ pub async fn decide(
 }
 
 /// The reply to a verdict on a request that is no longer pending.
-fn not_pending(req: &Request) -> Option<Output> {
+fn not_pending(req: &Request, approve: bool) -> Option<Output> {
     match req.state {
         approval::State::Pending => None,
-        approval::State::Approved | approval::State::Issued => Some(Output::stdout(
+        approval::State::Approved | approval::State::Issued if approve => Some(Output::stdout(
             format!("request {} is already approved\n", req.id),
             exit::OK,
+        )),
+        approval::State::Approved | approval::State::Issued => Some(Output::stderr(
+            format!(
+                "refused: request {} is already approved, a denial cannot undo it; an operator can: jitca revoke --request {}\n",
+                req.id, req.id
+            ),
+            exit::DENIED,
         )),
         approval::State::Denied => Some(Output::stderr(
             format!("refused: request {} was already denied\n", req.id),

@@ -398,6 +398,7 @@ fn issue(
         }
     }
 
+    crate::inventory::still_active(conn, &spec.snap.device.name)?;
     let Spec {
         snap,
         decision,

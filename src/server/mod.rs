@@ -172,13 +172,16 @@ impl State {
 
 /// Keeps `path` holding the current KRL: writes it at start, then looks
 /// every [`SWEEP_EVERY`] and rewrites it (atomically) whenever what it must
-/// list has changed, including certificates dropping out as they expire.
+/// list has changed, including certificates dropping out as they expire,
+/// or the file is missing or differs from what was written.
 pub async fn keep_krl(state: Arc<State>, path: PathBuf) {
-    let mut written: Option<Vec<u8>> = None;
+    // What was last written: its content (without version and date) and bytes.
+    let mut written: Option<(Vec<u8>, Vec<u8>)> = None;
     loop {
+        let skew = state.policy().backdate();
         let spec = state
             .readers
-            .run(|conn| crate::ca::revocation::krl_spec(conn, now_unix()))
+            .run(move |conn| crate::ca::revocation::krl_spec(conn, now_unix(), skew))
             .await;
         match spec {
             Ok(mut spec) => {
@@ -190,12 +193,21 @@ pub async fn keep_krl(state: Arc<State>, path: PathBuf) {
                 let content = crate::ca::krl::encode(&spec);
                 spec.version = version;
                 spec.generated_date = date;
+                // Rewritten when what it must list changed, and also when
+                // the file on disk is not what was last written (deleted or
+                // damaged: sshd would refuse every login).
+                let on_disk_ok = || match (&written, std::fs::read(&path)) {
+                    (Some((_, bytes)), Ok(disk)) => &disk == bytes,
+                    _ => false,
+                };
                 match (content, crate::ca::krl::encode(&spec)) {
-                    (Ok(content), Ok(bytes)) if written.as_ref() != Some(&content) => {
+                    (Ok(content), Ok(bytes))
+                        if written.as_ref().map(|(c, _)| c) != Some(&content) || !on_disk_ok() =>
+                    {
                         match crate::ca::krl::write_atomically(&path, &bytes) {
                             Ok(()) => {
                                 tracing::info!(file = %path.display(), bytes = bytes.len(), "KRL rewritten");
-                                written = Some(content);
+                                written = Some((content, bytes));
                             }
                             Err(e) => {
                                 tracing::error!(file = %path.display(), error = %e, "cannot write the KRL")

@@ -193,9 +193,10 @@ pub fn rfc3339(unix: u64) -> String {
 
 /// `krl`: the current KRL, base64 on one line or raw bytes.
 async fn krl(state: &State, raw: bool) -> Output {
+    let skew = state.policy().backdate();
     let spec = state
         .readers
-        .run(|conn| crate::ca::revocation::krl_spec(conn, now_unix()))
+        .run(move |conn| crate::ca::revocation::krl_spec(conn, now_unix(), skew))
         .await;
     let bytes = match spec.map(|s| crate::ca::krl::encode(&s)) {
         Ok(Ok(b)) => b,
@@ -295,10 +296,18 @@ pub fn denial(d: &Decision) -> String {
 pub fn request_error(e: RequestError) -> Output {
     match e {
         RequestError::UnknownRole(e) => Output::stderr(format!("error: {e}\n"), exit::USAGE),
+        RequestError::Internal(StoreError::Refused(why)) => {
+            Output::stderr(format!("denied: {why}; nothing was issued\n"), exit::DENIED)
+        }
         RequestError::Internal(e) => {
-            tracing::error!(error = %e, "request failed");
+            // The details (file paths, database errors) are for the
+            // operator's log, not for whoever is connected.
+            let reference = crate::approval::new_id().replacen("r-", "e-", 1);
+            tracing::error!(error = %e, %reference, "request failed");
             Output::stderr(
-                format!("error: internal error, nothing was issued: {e}\n"),
+                format!(
+                    "error: internal error, nothing was issued; the CA's log has the details under {reference}\n"
+                ),
                 exit::INTERNAL,
             )
         }

@@ -73,6 +73,32 @@ impl Connection {
     }
 }
 
+/// The caller's identity as it is now, or the reply refusing them.
+async fn still_allowed(state: &State, key: &PublicKey) -> Result<Identity, Output> {
+    let fp = key.fingerprint(HashAlg::Sha256).to_string();
+    match state
+        .readers
+        .run(move |conn| identity_by_fingerprint(conn, &fp))
+        .await
+    {
+        Ok(Some(who)) => match who.refusal() {
+            None => Ok(who),
+            Some(reason) => Err(Output::stderr(format!("denied: {reason}\n"), exit::DENIED)),
+        },
+        Ok(None) => Err(Output::stderr(
+            "denied: this key is no longer enrolled\n".into(),
+            exit::DENIED,
+        )),
+        Err(e) => {
+            tracing::error!(error = %e, "identity lookup failed; refusing");
+            Err(Output::stderr(
+                "error: internal error; nothing was done\n".into(),
+                exit::INTERNAL,
+            ))
+        }
+    }
+}
+
 impl Handler for Connection {
     type Error = russh::Error;
 
@@ -266,7 +292,7 @@ impl Handler for Connection {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some((who, key)) = self.caller.clone() else {
+        let Some((_, key)) = self.caller.clone() else {
             session.channel_failure(channel)?;
             return Ok(());
         };
@@ -307,9 +333,12 @@ impl Handler for Connection {
             let out = match commands::parse(&line) {
                 commands::Parsed::Help(text) => Output::stdout(text, exit::OK),
                 commands::Parsed::Usage(text) => Output::stderr(text, exit::USAGE),
-                commands::Parsed::Run(cmd) => {
-                    run_command(&state, &who, &key, peer, cmd, &progress).await
-                }
+                commands::Parsed::Run(cmd) => match still_allowed(&state, &key).await {
+                    // Checked again for every command: a connection opened
+                    // before a suspension must not outlive it.
+                    Ok(who) => run_command(&state, &who, &key, peer, cmd, &progress).await,
+                    Err(out) => out,
+                },
             };
             drop(progress);
             let _ = forward.await;

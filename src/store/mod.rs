@@ -36,6 +36,10 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("{0}")]
     Invalid(String),
+    /// A decision reversed inside the write transaction (the user was
+    /// suspended meanwhile, say): a denial, not a fault.
+    #[error("{0}")]
+    Refused(String),
     #[error(
         "the database writer did not complete the write, nothing was stored: see the daemon log"
     )]
