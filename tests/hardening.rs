@@ -216,3 +216,45 @@ fn serve_refuses_to_start_when_its_krl_file_cannot_be_written() {
         describe(&out)
     );
 }
+
+#[test]
+fn serve_restores_its_krl_file_when_it_is_deleted() {
+    let (env, _) = standard_env();
+    let krl = env.path("jitca.krl");
+    let _daemon = Daemon::start_with(&env, &["--krl", &krl.to_string_lossy()]);
+    assert!(krl.exists(), "serve did not write its KRL at start");
+    std::fs::remove_file(&krl).unwrap();
+    let start = Instant::now();
+    while !krl.exists() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        krl.exists(),
+        "a deleted KRL was not written again: sshd would refuse every login"
+    );
+}
+
+#[test]
+fn a_connection_opened_before_a_suspension_cannot_run_commands_after_it() {
+    let (env, key) = standard_env();
+    let daemon = Daemon::start(&env);
+    let control = format!("ControlPath={}", env.path("mux").display());
+    let mux = |extra: &[&str], command: &str| {
+        let mut options = vec!["-o", control.as_str()];
+        options.extend_from_slice(extra);
+        run(
+            &mut ca_command_with(&daemon, &key.private, None, &options, command),
+            Duration::from_secs(60),
+        )
+    };
+    let first = mux(
+        &["-o", "ControlMaster=yes", "-o", "ControlPersist=30"],
+        "whoami",
+    );
+    assert!(first.status.success(), "{}", describe(&first));
+    env.jitca_ok(&["user", "suspend", "alice"]);
+    let out = mux(&["-o", "ControlMaster=no"], "whoami");
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+    assert!(stderr(&out).contains("suspended"), "{}", describe(&out));
+    let _ = mux(&["-O", "exit"], "whoami");
+}

@@ -165,6 +165,30 @@ fn revoking_by_request_revokes_the_certificate_of_that_approved_request() {
     assert_audit_intact(env);
 }
 
+#[test]
+fn revoking_an_approved_request_before_its_fetch_cancels_it() {
+    let team = Team::new();
+    let env = &team.env;
+    let daemon = Daemon::start(env);
+    let out = ssh_ca(&daemon, &team.alice.private, "request db --reason INC-9");
+    daemon.expect_refusal(&out, exit::PENDING);
+    let id = pending_id(&out);
+    let out = ssh_ca(&daemon, &team.bob.private, &format!("approve {id}"));
+    assert!(out.status.success(), "{}", describe(&out));
+
+    let said = env.jitca_ok(&["revoke", "--request", &id, "--reason", "wrong ticket"]);
+    assert!(said.contains("cancelled 1 open request"), "{said}");
+    let out = ssh_ca(&daemon, &team.alice.private, &format!("fetch {id}"));
+    assert_eq!(out.status.code(), Some(exit::DENIED), "{}", describe(&out));
+    assert!(common::stdout(&out).is_empty(), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("cancelled by an operator"),
+        "{}",
+        describe(&out)
+    );
+    assert_audit_intact(env);
+}
+
 /// The contract: `jitca revoke TARGET [--reason TEXT]`, the reason kept in
 /// the audit record.
 #[test]

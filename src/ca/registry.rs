@@ -401,3 +401,46 @@ pub fn revoke_key(
     }
     Ok(changes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn rotation_never_promotes_a_next_key_whose_file_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("ca-keys");
+        let (conn, _) = crate::store::open(&dir.path().join("r.db")).unwrap();
+        ensure_active(&conn, &keys, 1000).unwrap();
+        let (ahead, every) = (Duration::from_secs(10), Duration::from_secs(20));
+
+        // Due for a next key at 1000 + 20 - 10.
+        assert!(rotate(&conn, &keys, 1005, ahead, every).unwrap().is_empty());
+        let created = rotate(&conn, &keys, 1010, ahead, every).unwrap();
+        assert_eq!(created.len(), 1, "{created:?}");
+        assert!(
+            rotate(&conn, &keys, 1011, ahead, every).unwrap().is_empty(),
+            "a second run changes nothing"
+        );
+
+        let next: String = conn
+            .query_row("SELECT file FROM ca_keys WHERE state = 'next'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        std::fs::remove_file(keys.join(&next)).unwrap();
+        let refused = rotate(&conn, &keys, 1020, ahead, every)
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("cannot be made active"), "{refused}");
+        let active: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM ca_keys WHERE state = 'active' AND created_at = 1000",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(active, 1, "the old key keeps signing");
+    }
+}

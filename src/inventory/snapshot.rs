@@ -193,7 +193,12 @@ mod tests {
         assert_eq!(s.user.attributes["team"], AttrValue::Text("db".into()));
         assert_eq!(s.device.posture["disk_encrypted"].reported_at, 5);
         assert_eq!(s.policy_sha256, "abc");
+        assert!(still_active(&conn, "mbp").is_ok());
         set_user_status(&conn, "alice", Status::Inactive, 10).unwrap();
+        assert!(
+            matches!(still_active(&conn, "mbp"), Err(StoreError::Refused(_))),
+            "a suspension wins inside the write"
+        );
         let id = identity_by_fingerprint(&conn, "SHA256:f").unwrap().unwrap();
         assert!(id.refusal().unwrap().contains("suspended"));
     }
