@@ -22,7 +22,7 @@ use russh::keys::ssh_key::Signature;
 use russh::keys::{Algorithm, PrivateKey};
 
 use crate::setup::{Ca, ROLE, Requester};
-use crate::stats::Summary;
+use crate::stats::{Summary, process_cpu};
 
 /// The peer address in-process requests come from.
 pub const PEER: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -61,6 +61,7 @@ pub async fn issuance(
     total: usize,
 ) -> anyhow::Result<Summary> {
     let per_task = total.div_ceil(concurrency).max(1);
+    let cpu = process_cpu();
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(concurrency);
     for i in 0..concurrency {
@@ -78,12 +79,13 @@ pub async fn issuance(
     for t in tasks {
         all.extend(t.await.context("a requester task panicked")??);
     }
-    Ok(Summary::new(all, 0, started.elapsed()))
+    Ok(Summary::new(all, 0, started.elapsed()).with_cpu(cpu))
 }
 
 /// Sequential durable commits of one small row through the daemon's
 /// writer: the cost of making one batch durable (`synchronous=FULL`).
 pub async fn durable_commit(state: &State, count: usize) -> anyhow::Result<Summary> {
+    let cpu = process_cpu();
     let started = Instant::now();
     let mut latencies = Vec::with_capacity(count);
     for _ in 0..count {
@@ -101,7 +103,7 @@ pub async fn durable_commit(state: &State, count: usize) -> anyhow::Result<Summa
             .await?;
         latencies.push(t.elapsed());
     }
-    Ok(Summary::new(latencies, 0, started.elapsed()))
+    Ok(Summary::new(latencies, 0, started.elapsed()).with_cpu(cpu))
 }
 
 /// Raw Ed25519: `count` signatures (and verifications) of a message the size
@@ -111,6 +113,7 @@ pub fn ed25519(count: usize) -> anyhow::Result<(Summary, Summary)> {
     let message = vec![0x5a_u8; 400];
     let mut signed = Vec::with_capacity(count);
     let mut verified = Vec::with_capacity(count);
+    let cpu = process_cpu();
     let started = Instant::now();
     let mut signature: Option<Signature> = None;
     for _ in 0..count {
@@ -119,8 +122,9 @@ pub fn ed25519(count: usize) -> anyhow::Result<(Summary, Summary)> {
         signed.push(t.elapsed());
         signature = Some(sig);
     }
-    let sign_wall = started.elapsed();
+    let sign = Summary::new(signed, 0, started.elapsed()).with_cpu(cpu);
     let signature = signature.context("no signature made")?;
+    let cpu = process_cpu();
     let started = Instant::now();
     for _ in 0..count {
         let t = Instant::now();
@@ -128,8 +132,8 @@ pub fn ed25519(count: usize) -> anyhow::Result<(Summary, Summary)> {
         verified.push(t.elapsed());
     }
     Ok((
-        Summary::new(signed, 0, sign_wall),
-        Summary::new(verified, 0, started.elapsed()),
+        sign,
+        Summary::new(verified, 0, started.elapsed()).with_cpu(cpu),
     ))
 }
 
@@ -143,6 +147,7 @@ pub fn certificate_builder(ca: &Ca, count: usize) -> anyhow::Result<Summary> {
     let extensions = BTreeSet::from(["permit-pty".to_string()]);
     let now = jitca::model::now_unix() as u64;
     let mut latencies = Vec::with_capacity(count);
+    let cpu = process_cpu();
     let started = Instant::now();
     for serial in 1..=count as u64 {
         let t = Instant::now();
@@ -162,7 +167,7 @@ pub fn certificate_builder(ca: &Ca, count: usize) -> anyhow::Result<Summary> {
         certificate_line(&cert)?;
         latencies.push(t.elapsed());
     }
-    Ok(Summary::new(latencies, 0, started.elapsed()))
+    Ok(Summary::new(latencies, 0, started.elapsed()).with_cpu(cpu))
 }
 
 /// `ssh-keygen -s` once per certificate, one after the other, with the

@@ -41,6 +41,17 @@ fn openssh() -> Option<String> {
     (!text.is_empty()).then_some(text)
 }
 
+/// The 1, 5 and 15 minute load averages: other work on the machine.
+pub fn load_average() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    Some(
+        text.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
+}
+
 fn git_head() -> Option<String> {
     let out = Command::new("git")
         .args([
@@ -76,6 +87,10 @@ pub fn print(smoke: bool) {
     add("OS", os().unwrap_or_else(unknown));
     add("OpenSSH", openssh().unwrap_or_else(unknown));
     add("SQLite (bundled)", rusqlite::version().to_string());
+    add(
+        "load average at start",
+        load_average().unwrap_or_else(unknown),
+    );
     add(
         "jitca",
         format!(

@@ -111,6 +111,11 @@ fn main() -> ExitCode {
     // `cargo bench` passes --bench; `cargo test --benches` passes nothing
     // and gets the smoke pass.
     let smoke = args.iter().any(|a| a == "--smoke") || !args.iter().any(|a| a == "--bench");
+    // `--only PART` (inproc, e2e, scale, memory) runs one part, for profiling.
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1).cloned());
     machine::print(smoke);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -127,7 +132,7 @@ fn main() -> ExitCode {
     } else {
         Counts::full()
     };
-    match runtime.block_on(run(&counts, smoke)) {
+    match runtime.block_on(run(&counts, smoke, only.as_deref())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: the benchmark failed: {e:#}");
@@ -136,7 +141,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(counts: &Counts, smoke: bool) -> anyhow::Result<()> {
+async fn run(counts: &Counts, smoke: bool, only: Option<&str>) -> anyhow::Result<()> {
     for tool in [SSHD, SSH, SSH_KEYGEN] {
         if !Path::new(tool).is_file() {
             anyhow::bail!("{tool} is missing: install openssh-server and openssh-client");
@@ -145,13 +150,37 @@ async fn run(counts: &Counts, smoke: bool) -> anyhow::Result<()> {
     let tmp = tempfile::Builder::new().prefix("jitca-bench-").tempdir()?;
     let dir = tmp.path();
     let mut checks = Vec::new();
-    let body_bytes = in_process(counts, dir, &mut checks).await?;
-    end_to_end(counts, dir, &mut checks).await?;
-    scale(counts, dir, body_bytes, &mut checks).await?;
-    memory(counts, dir, &mut checks).await?;
+    let part = |name: &str| only.is_none_or(|o| o == name);
+    let mut body_bytes = 2_000;
+    if part("inproc") {
+        body_bytes = in_process(counts, dir, &mut checks).await?;
+    }
+    if part("e2e") {
+        end_to_end(counts, dir, &mut checks).await?;
+    }
+    if part("scale") {
+        scale(counts, dir, body_bytes, &mut checks).await?;
+    }
+    if part("memory") {
+        memory(counts, dir, &mut checks).await?;
+    }
     targets::print(&checks, smoke);
+    println!(
+        "\nload average at the end: {}",
+        machine::load_average().unwrap_or_else(|| "unknown".into())
+    );
     Ok(())
 }
+
+/// The columns of [`summary_row`].
+const SUMMARY: [&str; 6] = [
+    "count",
+    "throughput",
+    "wall per op",
+    "CPU per op",
+    "p50",
+    "p99",
+];
 
 fn summary_row(t: &mut Table, what: &str, s: &Summary) {
     t.row(vec![
@@ -159,9 +188,17 @@ fn summary_row(t: &mut Table, what: &str, s: &Summary) {
         thousands(s.count as u64),
         rate(s.per_sec()),
         dur(s.per_op()),
+        s.cpu_per_op().map(dur).unwrap_or_else(|| "-".into()),
         dur(s.p50),
         dur(s.p99),
     ]);
+}
+
+/// A table whose rows are [`summary_row`]s under a first column `what`.
+fn summary_table(title: &str, what: &str) -> Table {
+    let mut headers = vec![what];
+    headers.extend(SUMMARY);
+    Table::new(title, &headers)
 }
 
 /// Part 1; returns the average size of an `issued` audit body, for part 3.
@@ -177,9 +214,9 @@ async fn in_process(counts: &Counts, dir: &Path, checks: &mut Vec<Check>) -> any
     let (sign, verify) = inproc::ed25519(counts.signatures)?;
     let keygen = inproc::ssh_keygen(&ca, dir, counts.ssh_keygen)?;
 
-    let mut t = Table::new(
+    let mut t = summary_table(
         "1. In-process issuance (durable) and its references",
-        &["what", "count", "throughput", "wall per op", "p50", "p99"],
+        "what",
     );
     summary_row(&mut t, "jitca issuance, 1 requester", &one);
     summary_row(&mut t, "jitca issuance, 32 requesters", &many);
@@ -360,16 +397,9 @@ async fn scale(
     }
     let results = scale::alternate(&states, counts.rounds, counts.per_round).await?;
 
-    let mut t = Table::new(
+    let mut t = summary_table(
         "3a. Scale: sequential issuance (1 requester) by database and policy size",
-        &[
-            "database / policy",
-            "count",
-            "throughput",
-            "wall per op",
-            "p50",
-            "p99",
-        ],
+        "database / policy",
     );
     let labels = [
         "empty database, shipped policy (5 roles)".to_string(),
@@ -414,10 +444,7 @@ async fn scale(
     let one_many = scale::evaluation(&many, &snap, Some(setup::ROLE), n)?;
     let all_many = scale::evaluation(&many, &snap, None, (n / 100).max(5))?;
 
-    let mut t = Table::new(
-        "3b. Policy evaluation",
-        &["what", "count", "throughput", "wall per op", "p50", "p99"],
-    );
+    let mut t = summary_table("3b. Policy evaluation", "what");
     summary_row(
         &mut t,
         "evaluate prod-db, shipped policy (5 roles)",

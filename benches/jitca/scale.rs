@@ -19,7 +19,7 @@ use rusqlite::{Connection, params};
 
 use crate::inproc::{PEER, params as request_params, request_once};
 use crate::setup::{Ca, ROLE, Requester};
-use crate::stats::Summary;
+use crate::stats::{Summary, process_cpu};
 
 /// How much history to generate.
 #[derive(Clone, Copy)]
@@ -139,6 +139,10 @@ pub fn fill(ca: &Ca, bulk: Bulk) -> anyhow::Result<Duration> {
     )?;
     tx.commit()?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
+    drop(conn);
+    // Write the generated pages out now: a writeback of gigabytes running
+    // under the measurement would slow its commits, not the size.
+    std::fs::File::open(&ca.db)?.sync_all()?;
     Ok(started.elapsed())
 }
 
@@ -165,19 +169,27 @@ pub async fn alternate(
 ) -> anyhow::Result<Vec<Summary>> {
     let mut latencies = vec![Vec::with_capacity(rounds * per_round); states.len()];
     let mut walls = vec![Duration::ZERO; states.len()];
+    let mut cpus = vec![Duration::ZERO; states.len()];
     for _ in 0..rounds {
         for (i, (state, who)) in states.iter().enumerate() {
+            let cpu = process_cpu();
             let started = Instant::now();
             for _ in 0..per_round {
                 latencies[i].push(request_once(state, who).await?);
             }
             walls[i] += started.elapsed();
+            cpus[i] += process_cpu().saturating_sub(cpu);
         }
     }
     Ok(latencies
         .into_iter()
         .zip(walls)
-        .map(|(l, w)| Summary::new(l, 0, w))
+        .zip(cpus)
+        .map(|((l, w), cpu)| {
+            let mut s = Summary::new(l, 0, w);
+            s.cpu = Some(cpu);
+            s
+        })
         .collect())
 }
 

@@ -27,6 +27,23 @@ pub struct Server {
     log: PathBuf,
 }
 
+/// A command for `program`, run under the profiler named in
+/// `JITCA_BENCH_WRAP` when that is set (for example
+/// `valgrind --tool=massif --massif-out-file=/tmp/massif.%p`), split on
+/// whitespace. Memory is then that of the profiler's process.
+fn wrapped(program: &str) -> Command {
+    let wrap = std::env::var("JITCA_BENCH_WRAP").unwrap_or_default();
+    let mut words = wrap.split_whitespace();
+    match words.next() {
+        Some(first) => {
+            let mut cmd = Command::new(first);
+            cmd.args(words).arg(program);
+            cmd
+        }
+        None => Command::new(program),
+    }
+}
+
 /// A free TCP port on 127.0.0.1.
 fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -39,7 +56,7 @@ impl Server {
     pub fn jitca(ca: &Ca, dir: &Path, name: &'static str) -> anyhow::Result<Server> {
         let port = free_port()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_jitca"));
+        let mut cmd = wrapped(env!("CARGO_BIN_EXE_jitca"));
         cmd.arg("--db")
             .arg(&ca.db)
             .arg("--ca-keys")
@@ -172,7 +189,20 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// Asks the server to stop (SIGTERM, so that a profiler it runs under
+    /// writes its report), and kills it if it is still there 5 s later.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

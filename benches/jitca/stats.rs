@@ -12,6 +12,8 @@ pub struct Summary {
     pub wall: Duration,
     pub p50: Duration,
     pub p99: Duration,
+    /// CPU time the whole process used during the run, when measured.
+    pub cpu: Option<Duration>,
 }
 
 impl Summary {
@@ -24,7 +26,20 @@ impl Summary {
             wall,
             p50: percentile(&latencies, 50.0),
             p99: percentile(&latencies, 99.0),
+            cpu: None,
         }
+    }
+
+    /// The same, with the process CPU time used since `cpu_before`.
+    pub fn with_cpu(mut self, cpu_before: Duration) -> Summary {
+        self.cpu = Some(process_cpu().saturating_sub(cpu_before));
+        self
+    }
+
+    /// Process CPU time per completed operation, when measured.
+    pub fn cpu_per_op(&self) -> Option<Duration> {
+        let cpu = self.cpu?;
+        (self.count > 0).then(|| cpu / self.count as u32)
     }
 
     /// Completed operations per second of wall time.
@@ -44,6 +59,27 @@ impl Summary {
         }
         self.wall / self.count as u32
     }
+}
+
+/// CPU time this process (all its threads) has used so far, from
+/// `/proc/self/stat` (user and system time, in clock ticks of 10 ms).
+pub fn process_cpu() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return Duration::ZERO;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15, so 11 and 12 here.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
 /// The nearest-rank percentile `p` (0 to 100) of sorted values.
