@@ -68,12 +68,10 @@ pub struct Record {
 /// its sequence number. The caller's transaction must hold the write lock
 /// (`BEGIN IMMEDIATE`), so the chain's head cannot move underneath it.
 pub fn append(conn: &Connection, at: i64, event: &Event) -> Result<i64, StoreError> {
+    // Cached statements: the daemon's writer appends for every decision.
     let head: Option<(i64, String)> = conn
-        .query_row(
-            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     let (seq, prev_hash) = match head {
         Some((seq, hash)) => (seq + 1, hash),
@@ -91,22 +89,22 @@ pub fn append(conn: &Connection, at: i64, event: &Event) -> Result<i64, StoreErr
         body: &body,
         prev_hash: &prev_hash,
     });
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO audit (seq, at, kind, user, device, role, request_id, body, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        params![
-            seq,
-            at,
-            event.kind,
-            event.user,
-            event.device,
-            event.role,
-            event.request_id,
-            body,
-            prev_hash,
-            hash
-        ],
-    )?;
+    )?
+    .execute(params![
+        seq,
+        at,
+        event.kind,
+        event.user,
+        event.device,
+        event.role,
+        event.request_id,
+        body,
+        prev_hash,
+        hash
+    ])?;
     Ok(seq)
 }
 

@@ -99,22 +99,21 @@ pub fn take_snapshot(
 ) -> Result<Snapshot, StoreError> {
     let tx = conn.transaction()?;
     let row = tx
-        .query_row(
+        .prepare_cached(
             "SELECT u.id, u.name, u.status, d.name, d.fingerprint, d.key_type, d.status
              FROM devices d JOIN users u ON u.id = d.user_id WHERE d.id = ?1",
-            [device_id],
-            |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, String>(5)?,
-                    r.get::<_, String>(6)?,
-                ))
-            },
-        )
+        )?
+        .query_row([device_id], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, String>(6)?,
+            ))
+        })
         .optional()?
         .ok_or_else(|| {
             StoreError::invalid("the device was removed while the request was running")

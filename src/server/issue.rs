@@ -1,10 +1,11 @@
 //! The request path, independent of the SSH transport:
 //! identity → snapshot → decision → issuance → audit.
 //!
-//! A certificate is signed and its row and audit record are written in one
-//! job of the single writer; the job's result, and so the certificate, only
-//! comes back once the transaction that holds the audit record has
-//! committed. No audit record, no certificate.
+//! A certificate is signed on the requester's task (see [`super::signing`]),
+//! then its row and audit record are written in one job of the single
+//! writer; the job's result, and so the certificate, only comes back once
+//! the transaction that holds the audit record has committed. No audit
+//! record, no certificate.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use super::State;
 use crate::approval::{self, NewRequest};
 use crate::audit::{self, Event};
 use crate::ca::cert::{CertRequest, certificate_line, key_id, sign_certificate, validity};
-use crate::ca::registry::Signers;
+use crate::ca::registry;
 use crate::inventory::{Identity, take_snapshot};
 use crate::model::{Snapshot, now_unix};
 use crate::policy::{Decision, Grant, Outcome, Policy, RequestParams, UnknownRole};
@@ -294,42 +295,97 @@ struct Spec {
     break_glass: bool,
 }
 
+/// A certificate signed before its writer job, and what its records need.
+struct Signed {
+    ca_id: i64,
+    ca_fingerprint: String,
+    serial: u64,
+    key_id: String,
+    valid_after: u64,
+    valid_before: u64,
+    line: String,
+    /// When it was issued: its validity window starts from here.
+    at: i64,
+}
+
+/// What the writer job made of a signed certificate.
+enum Recorded {
+    Issued(Issued),
+    /// It was signed with a key that is no longer the active one: sign again.
+    StaleKey(Box<Spec>),
+}
+
+/// Signs outside the writer (see [`super::signing`]), then stores the
+/// certificate and its audit record in a writer job; the certificate comes
+/// back only once that job's transaction has committed. Signs once more if
+/// the active CA key changed in between.
 async fn sign_in_writer(
     state: &State,
     subject: &PublicKey,
     spec: Spec,
 ) -> Result<Issued, StoreError> {
-    let signers = state.signers.clone();
-    let subject = subject.clone();
-    state
-        .writer
-        .run(move |conn| issue(conn, &signers, &subject, spec))
-        .await
+    let subject_fp = subject.fingerprint(HashAlg::Sha256).to_string();
+    let mut spec = spec;
+    for _ in 0..2 {
+        let signed = sign(state, subject, &spec).await?;
+        let fp = subject_fp.clone();
+        match state
+            .writer
+            .run(move |conn| record(conn, &fp, spec, signed))
+            .await?
+        {
+            Recorded::Issued(issued) => return Ok(issued),
+            Recorded::StaleKey(back) => {
+                state.issuer.forget_key();
+                spec = *back;
+            }
+        }
+    }
+    Err(StoreError::invalid(
+        "the active CA key changed twice during one issuance, nothing was issued: request again",
+    ))
 }
 
-/// Next serial: one more than the last handed out, from a counter that only
-/// goes up (pruning old certificate rows cannot make a serial come back, and
-/// two certificates with one serial would make a KRL revoke the wrong one).
-/// Runs in the writer's transaction, so two issuances never draw the same
-/// number.
-fn next_serial(conn: &Connection) -> Result<u64, StoreError> {
-    let (counter, max): (i64, i64) = conn
-        .prepare_cached(
-            "SELECT (SELECT COALESCE(MAX(value), 0) FROM counters WHERE name = 'serial'),
-                    (SELECT COALESCE(MAX(serial), 0) FROM certificates)",
-        )?
-        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    let next = u64::try_from(counter.max(max))
-        .ok()
-        .and_then(|m| m.checked_add(1))
-        .filter(|s| *s <= i64::MAX as u64)
-        .ok_or_else(|| StoreError::invalid("certificate serials are exhausted"))?;
-    conn.prepare_cached(
-        "INSERT INTO counters (name, value) VALUES ('serial', ?1)
-         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-    )?
-    .execute([next as i64])?;
-    Ok(next)
+/// Signs the certificate `spec` grants, with a fresh serial and the CA key
+/// last seen active. Nothing is stored, and nothing leaves, yet.
+async fn sign(state: &State, subject: &PublicKey, spec: &Spec) -> Result<Signed, StoreError> {
+    let (ca_id, ca) = state.issuer.key(&state.readers, &state.signers).await?;
+    let serial = state.issuer.serial(&state.writer).await?;
+    let at = now_unix();
+    let id = key_id(
+        &spec.snap.user.name,
+        &spec.snap.device.name,
+        &spec.decision.role,
+        serial,
+    );
+    // The validity window starts now, at issuance, not when the snapshot was taken.
+    let (valid_after, valid_before) = validity(at as u64, spec.grant.backdate, spec.grant.ttl)
+        .map_err(|e| StoreError::invalid(e.to_string()))?;
+    let cert = sign_certificate(
+        &ca,
+        &CertRequest {
+            subject,
+            serial,
+            key_id: id.clone(),
+            principals: &spec.grant.principals,
+            valid_after,
+            valid_before,
+            critical_options: &spec.grant.critical_options,
+            extensions: &spec.grant.extensions,
+        },
+    )
+    .map_err(|e| StoreError::invalid(e.to_string()))?;
+    let line = certificate_line(&cert).map_err(|e| StoreError::invalid(e.to_string()))?;
+    Ok(Signed {
+        ca_id,
+        ca_fingerprint: ca.fingerprint().to_string(),
+        serial,
+        key_id: id,
+        valid_after,
+        valid_before,
+        line,
+        at,
+    })
 }
 
 /// The certificate already issued for a request, if any.
@@ -363,26 +419,27 @@ fn already_issued(conn: &Connection, request_id: &str) -> Result<Option<Issued>,
     )
 }
 
-/// Signs and records one certificate; runs inside the writer's transaction.
-fn issue(
+/// Stores a signed certificate and its audit record; runs inside the
+/// writer's transaction. Refuses a key that is no longer the active one.
+fn record(
     conn: &Connection,
-    signers: &Signers,
-    subject: &PublicKey,
+    subject_fingerprint: &str,
     spec: Spec,
-) -> Result<Issued, StoreError> {
-    let now = now_unix();
+    signed: Signed,
+) -> Result<Recorded, StoreError> {
     if let Some(id) = &spec.request_id {
         // Re-read the request under the write lock: a racing fetch may have
         // issued it, or its window may have closed, since it was read.
         let Some(mut req) = approval::load(conn, id)? else {
             return Err(StoreError::invalid(format!("there is no request {id}")));
         };
-        approval::expire_if_due(conn, &mut req, now)?;
+        approval::expire_if_due(conn, &mut req, now_unix())?;
         match req.state {
             approval::State::Approved => {}
             approval::State::Issued => {
                 return already_issued(conn, id)?
                     .filter(|i| !i.line.is_empty())
+                    .map(Recorded::Issued)
                     .ok_or_else(|| {
                         StoreError::invalid(format!(
                             "request {id} was issued, but its certificate is gone"
@@ -397,6 +454,11 @@ fn issue(
             }
         }
     }
+    // Under the write lock: a rotation or a CA revocation committed since
+    // the key was looked up makes this certificate be signed again.
+    if registry::active(conn)?.map(|row| row.id) != Some(signed.ca_id) {
+        return Ok(Recorded::StaleKey(Box::new(spec)));
+    }
 
     crate::inventory::still_active(conn, &spec.snap.device.name)?;
     let Spec {
@@ -407,38 +469,16 @@ fn issue(
         request_id,
         break_glass,
     } = spec;
-    let (ca_id, ca) = signers.active(conn)?;
-    let serial = next_serial(conn)?;
-    let id = key_id(&snap.user.name, &snap.device.name, &decision.role, serial);
-    // The validity window starts now, at issuance, not when the snapshot was taken.
-    let (valid_after, valid_before) = validity(now as u64, grant.backdate, grant.ttl)
-        .map_err(|e| StoreError::invalid(e.to_string()))?;
-    let cert = sign_certificate(
-        &ca,
-        &CertRequest {
-            subject,
-            serial,
-            key_id: id.clone(),
-            principals: &grant.principals,
-            valid_after,
-            valid_before,
-            critical_options: &grant.critical_options,
-            extensions: &grant.extensions,
-        },
-    )
-    .map_err(|e| StoreError::invalid(e.to_string()))?;
-    let line = certificate_line(&cert).map_err(|e| StoreError::invalid(e.to_string()))?;
-
     let certificate = json!({
-        "serial": serial,
-        "key_id": id,
+        "serial": signed.serial,
+        "key_id": signed.key_id,
         "principals": grant.principals,
-        "valid_after": valid_after,
-        "valid_before": valid_before,
+        "valid_after": signed.valid_after,
+        "valid_before": signed.valid_before,
         "critical_options": grant.critical_options,
         "extensions": grant.extensions,
-        "ca_fingerprint": ca.fingerprint(),
-        "subject_fingerprint": subject.fingerprint(HashAlg::Sha256).to_string(),
+        "ca_fingerprint": signed.ca_fingerprint,
+        "subject_fingerprint": subject_fingerprint,
     });
     let mut body = json!({
         "snapshot": snap,
@@ -462,7 +502,7 @@ fn issue(
         .device(&snap.device.name)
         .role(&decision.role);
     event.request_id = request_id.clone();
-    let seq = audit::append(conn, now, &event)?;
+    let seq = audit::append(conn, signed.at, &event)?;
     let principals = serde_json::to_string(&grant.principals).unwrap_or_default();
     let inserted = conn
         .prepare_cached(
@@ -473,18 +513,18 @@ fn issue(
          FROM devices d WHERE d.name = ?10",
         )?
         .execute(params![
-            serial as i64,
-            id,
+            signed.serial as i64,
+            signed.key_id,
             decision.role,
-            ca_id,
+            signed.ca_id,
             principals,
-            valid_after as i64,
-            valid_before as i64,
-            now,
+            signed.valid_after as i64,
+            signed.valid_before as i64,
+            signed.at,
             seq,
             snap.device.name,
             request_id,
-            line
+            signed.line
         ])?;
     if inserted != 1 {
         return Err(StoreError::invalid(format!(
@@ -493,31 +533,18 @@ fn issue(
         )));
     }
     if let Some(rid) = &request_id {
-        approval::mark_issued(conn, rid, serial, now)?;
+        approval::mark_issued(conn, rid, signed.serial, signed.at)?;
     }
-    Ok(Issued {
-        line,
-        serial,
-        key_id: id,
-        valid_after,
-        valid_before,
+    Ok(Recorded::Issued(Issued {
+        line: signed.line,
+        serial: signed.serial,
+        key_id: signed.key_id,
+        valid_after: signed.valid_after,
+        valid_before: signed.valid_before,
         principals: grant.principals,
         again: false,
-    })
+    }))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn serials_never_come_back_after_certificate_rows_are_pruned() {
-        let dir = tempfile::tempdir().unwrap();
-        let (conn, _) = crate::store::open(&dir.path().join("s.db")).unwrap();
-        assert_eq!(next_serial(&conn).unwrap(), 1);
-        assert_eq!(next_serial(&conn).unwrap(), 2);
-        // Pruning every certificate row must not restart the numbering.
-        conn.execute("DELETE FROM certificates", []).unwrap();
-        assert_eq!(next_serial(&conn).unwrap(), 3);
-    }
-}
+mod tests;

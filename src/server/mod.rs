@@ -11,6 +11,7 @@ mod limits;
 mod readers;
 mod run;
 mod session;
+mod signing;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -40,6 +41,9 @@ pub struct State {
     pub writer: Writer,
     pub readers: Readers,
     pub signers: Signers,
+    /// Serial blocks and the CA key last seen active, for signing outside
+    /// the writer.
+    issuer: signing::Issuer,
     refusals: limits::RefusalLimiter,
     notifier: Notifier,
     /// Woken whenever a request changes state, so that waiting requesters
@@ -60,6 +64,7 @@ impl State {
             writer: Writer::spawn(db)?,
             readers: Readers::new(db),
             signers: Signers::new(ca_dir),
+            issuer: signing::Issuer::default(),
             refusals: limits::RefusalLimiter::default(),
             notifier: Notifier::default(),
             changes: Notify::new(),
