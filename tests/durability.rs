@@ -30,11 +30,17 @@ fn no_certificate_leaves_when_its_audit_record_cannot_be_written() {
     );
     assert_eq!(env.db_query_i64("SELECT COUNT(*) FROM certificates"), 0);
 
-    // Once records can be written again, issuance resumes, and the failed
-    // attempt used up nothing: the first certificate has serial 1.
+    // Once records can be written again, issuance resumes. The failed
+    // attempt left no certificate and no issuance record behind (its serial
+    // may stay unused: serials are reserved in blocks, and gaps are harmless).
+    assert_eq!(
+        env.db_query_i64("SELECT COUNT(*) FROM audit WHERE kind = 'issued'"),
+        0
+    );
     env.sqlite3("DROP TRIGGER refuse_issued;");
     let (_, cert) = daemon.request_cert(&env, &key.private, "request shell");
-    assert_eq!(cert.serial, 1, "the failed issuance left a trace");
+    assert!(cert.serial > 0);
+    assert_eq!(env.db_query_i64("SELECT COUNT(*) FROM certificates"), 1);
     env.jitca_ok(&["audit", "verify"]);
 }
 

@@ -49,10 +49,9 @@ fn daemon_krl_file_follows_a_disabled_device_and_a_revoked_ca_key() {
 #[test]
 fn krl_revokes_exactly_the_revoked_serials_across_singles_a_long_run_and_a_dense_block() {
     let (env, alice, bob) = two_users();
-    let daemon = Daemon::start(&env);
     // Alternate the two devices: serials are the CA's, not the device's.
     let mut n = 0;
-    let mut issue = |count: usize| -> Vec<Issued> {
+    let mut issue = |daemon: &Daemon, count: usize| -> Vec<Issued> {
         (0..count)
             .map(|_| {
                 n += 1;
@@ -66,21 +65,24 @@ fn krl_revokes_exactly_the_revoked_serials_across_singles_a_long_run_and_a_dense
         let wanted: Vec<u64> = (first..first + certs.len() as u64).collect();
         assert_eq!(serials, wanted, "serials should follow each other");
     };
+    // The daemon reserves serials in blocks, so the counter is moved with no
+    // daemon running; each new daemon starts after it.
+    let from = |value: u64| {
+        skip_serials_to(&env, value);
+        Daemon::start(&env)
+    };
 
     // Four stretches of serials far apart, so that each is encoded on its own:
     // an isolated serial, a long run, a dense block with gaps (beyond 32
     // bits), and another isolated serial far away.
-    let start = issue(2);
+    let start = issue(&Daemon::start(&env), 2);
     let first = start[0].1.serial;
     consecutive_from(&start, first);
-    skip_serials_to(&env, 1_000);
-    let run = issue(29);
+    let run = issue(&from(1_000), 29);
     consecutive_from(&run, 1_001);
-    skip_serials_to(&env, 5_000_000_000);
-    let dense = issue(10);
+    let dense = issue(&from(5_000_000_000), 10);
     consecutive_from(&dense, 5_000_000_001);
-    skip_serials_to(&env, 5_000_100_000);
-    let tail = issue(2);
+    let tail = issue(&from(5_000_100_000), 2);
     consecutive_from(&tail, 5_000_100_001);
 
     // Which of each stretch to revoke, by index.
