@@ -68,6 +68,19 @@ pub struct Record {
 /// its sequence number. The caller's transaction must hold the write lock
 /// (`BEGIN IMMEDIATE`), so the chain's head cannot move underneath it.
 pub fn append(conn: &Connection, at: i64, event: &Event) -> Result<i64, StoreError> {
+    append_body(conn, at, event, &chain::canonical(&event.body))
+}
+
+/// [`append`] with the record's body already encoded by
+/// [`chain::canonical`] (`event.body` itself is not read): the daemon
+/// encodes an issuance's body before its writer job, so that the single
+/// writer does not spend its time serialising snapshots.
+pub fn append_body(
+    conn: &Connection,
+    at: i64,
+    event: &Event,
+    body: &str,
+) -> Result<i64, StoreError> {
     // Cached statements: the daemon's writer appends for every decision.
     let head: Option<(i64, String)> = conn
         .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")?
@@ -77,7 +90,6 @@ pub fn append(conn: &Connection, at: i64, event: &Event) -> Result<i64, StoreErr
         Some((seq, hash)) => (seq + 1, hash),
         None => (1, chain::GENESIS.to_string()),
     };
-    let body = chain::canonical(&event.body);
     let hash = chain::hash(&chain::Fields {
         seq,
         at,
@@ -86,7 +98,7 @@ pub fn append(conn: &Connection, at: i64, event: &Event) -> Result<i64, StoreErr
         device: event.device.as_deref(),
         role: event.role.as_deref(),
         request_id: event.request_id.as_deref(),
-        body: &body,
+        body,
         prev_hash: &prev_hash,
     });
     conn.prepare_cached(

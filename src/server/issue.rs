@@ -298,7 +298,6 @@ struct Spec {
 /// A certificate signed before its writer job, and what its records need.
 struct Signed {
     ca_id: i64,
-    ca_fingerprint: String,
     serial: u64,
     key_id: String,
     valid_after: u64,
@@ -306,6 +305,18 @@ struct Signed {
     line: String,
     /// When it was issued: its validity window starts from here.
     at: i64,
+    /// The principals as stored in the certificate row (JSON).
+    principals: String,
+    body: Body,
+}
+
+/// The body of an issuance's audit record, encoded before the writer job
+/// (the single writer should not spend its time serialising snapshots); for
+/// an approved request it is finished inside the job, which reads the
+/// approvers under the write lock.
+enum Body {
+    Encoded(String),
+    Open(serde_json::Value),
 }
 
 /// What the writer job made of a signed certificate.
@@ -324,14 +335,12 @@ async fn sign_in_writer(
     subject: &PublicKey,
     spec: Spec,
 ) -> Result<Issued, StoreError> {
-    let subject_fp = subject.fingerprint(HashAlg::Sha256).to_string();
     let mut spec = spec;
     for _ in 0..2 {
         let signed = sign(state, subject, &spec).await?;
-        let fp = subject_fp.clone();
         match state
             .writer
-            .run(move |conn| record(conn, &fp, spec, signed))
+            .run(move |conn| record(conn, spec, signed))
             .await?
         {
             Recorded::Issued(issued) => return Ok(issued),
@@ -376,15 +385,41 @@ async fn sign(state: &State, subject: &PublicKey, spec: &Spec) -> Result<Signed,
     )
     .map_err(|e| StoreError::invalid(e.to_string()))?;
     let line = certificate_line(&cert).map_err(|e| StoreError::invalid(e.to_string()))?;
+
+    let certificate = json!({
+        "serial": serial,
+        "key_id": id,
+        "principals": spec.grant.principals,
+        "valid_after": valid_after,
+        "valid_before": valid_before,
+        "critical_options": spec.grant.critical_options,
+        "extensions": spec.grant.extensions,
+        "ca_fingerprint": ca.fingerprint(),
+        "subject_fingerprint": subject.fingerprint(HashAlg::Sha256).to_string(),
+    });
+    let mut body = json!({
+        "snapshot": spec.snap,
+        "decision": spec.decision,
+        "request": request_json(&spec.params),
+        "certificate": certificate,
+    });
+    if spec.break_glass {
+        body["break_glass"] = json!(true);
+    }
+    let body = match spec.request_id {
+        Some(_) => Body::Open(body),
+        None => Body::Encoded(audit::chain::canonical(&body)),
+    };
     Ok(Signed {
         ca_id,
-        ca_fingerprint: ca.fingerprint().to_string(),
         serial,
         key_id: id,
         valid_after,
         valid_before,
         line,
         at,
+        principals: serde_json::to_string(&spec.grant.principals).unwrap_or_default(),
+        body,
     })
 }
 
@@ -421,12 +456,7 @@ fn already_issued(conn: &Connection, request_id: &str) -> Result<Option<Issued>,
 
 /// Stores a signed certificate and its audit record; runs inside the
 /// writer's transaction. Refuses a key that is no longer the active one.
-fn record(
-    conn: &Connection,
-    subject_fingerprint: &str,
-    spec: Spec,
-    signed: Signed,
-) -> Result<Recorded, StoreError> {
+fn record(conn: &Connection, spec: Spec, signed: Signed) -> Result<Recorded, StoreError> {
     if let Some(id) = &spec.request_id {
         // Re-read the request under the write lock: a racing fetch may have
         // issued it, or its window may have closed, since it was read.
@@ -465,45 +495,29 @@ fn record(
         snap,
         decision,
         grant,
-        params,
         request_id,
-        break_glass,
+        ..
     } = spec;
-    let certificate = json!({
-        "serial": signed.serial,
-        "key_id": signed.key_id,
-        "principals": grant.principals,
-        "valid_after": signed.valid_after,
-        "valid_before": signed.valid_before,
-        "critical_options": grant.critical_options,
-        "extensions": grant.extensions,
-        "ca_fingerprint": signed.ca_fingerprint,
-        "subject_fingerprint": subject_fingerprint,
-    });
-    let mut body = json!({
-        "snapshot": snap,
-        "decision": decision,
-        "request": request_json(&params),
-        "certificate": certificate,
-    });
-    if break_glass {
-        body["break_glass"] = json!(true);
-    }
-    if let Some(rid) = &request_id {
-        let approvers: Vec<String> = approval::verdicts(conn, rid)?
-            .into_iter()
-            .filter(|v| v.approve)
-            .map(|v| v.approver)
-            .collect();
-        body["approvers"] = json!(approvers);
-    }
-    let mut event = Event::new("issued", body)
+    let body = match signed.body {
+        Body::Encoded(text) => text,
+        Body::Open(mut body) => {
+            if let Some(rid) = &request_id {
+                let approvers: Vec<String> = approval::verdicts(conn, rid)?
+                    .into_iter()
+                    .filter(|v| v.approve)
+                    .map(|v| v.approver)
+                    .collect();
+                body["approvers"] = json!(approvers);
+            }
+            audit::chain::canonical(&body)
+        }
+    };
+    let mut event = Event::new("issued", serde_json::Value::Null)
         .user(&snap.user.name)
         .device(&snap.device.name)
         .role(&decision.role);
     event.request_id = request_id.clone();
-    let seq = audit::append(conn, signed.at, &event)?;
-    let principals = serde_json::to_string(&grant.principals).unwrap_or_default();
+    let seq = audit::append_body(conn, signed.at, &event, &body)?;
     let inserted = conn
         .prepare_cached(
             "INSERT INTO certificates (serial, key_id, user_id, device_id, role, ca_key_id, principals,
@@ -517,7 +531,7 @@ fn record(
             signed.key_id,
             decision.role,
             signed.ca_id,
-            principals,
+            signed.principals,
             signed.valid_after as i64,
             signed.valid_before as i64,
             signed.at,
