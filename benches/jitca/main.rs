@@ -294,6 +294,7 @@ async fn end_to_end(counts: &Counts, dir: &Path, checks: &mut Vec<Check>) -> any
             "conn/s",
             "p50",
             "p99",
+            "server CPU per conn",
             "errors",
         ],
     );
@@ -308,7 +309,14 @@ async fn end_to_end(counts: &Counts, dir: &Path, checks: &mut Vec<Check>) -> any
             [&sshd_target, &jitca_target]
         };
         for target in order {
+            let server = if target.name == jitca_target.name {
+                &jitca_server
+            } else {
+                &sshd
+            };
+            let cpu = server.cpu();
             let (s, err) = e2e::load(target.clone(), &keys, *clients, counts.e2e).await;
+            let server_cpu = server.cpu().saturating_sub(cpu) / (s.count.max(1) as u32);
             if let Some(e) = err {
                 first_errors.push(format!("{} at {clients}: {e}", target.name));
             }
@@ -319,6 +327,7 @@ async fn end_to_end(counts: &Counts, dir: &Path, checks: &mut Vec<Check>) -> any
                 format!("{:.1}", s.per_sec()),
                 dur(s.p50),
                 dur(s.p99),
+                dur(server_cpu),
                 s.errors.to_string(),
             ]);
             if *clients == 32 {
@@ -331,7 +340,9 @@ async fn end_to_end(counts: &Counts, dir: &Path, checks: &mut Vec<Check>) -> any
          and in sshd_config), ssh-ed25519 host key and user key, chacha20-poly1305, \
          public-key authentication, exec, the reply read to the channel's close. \
          jitca: `request prod-db` returns a certificate (durable audit record first); \
-         sshd: root's ForceCommand prints one line. Client and servers share the machine.",
+         sshd: root's ForceCommand prints one line. Client and servers share the machine. \
+         server CPU: user and system time of the server process, and for sshd also of the \
+         per-connection processes it reaped.",
     );
     for e in &first_errors {
         t.note(format!("first error: {e}"));

@@ -174,6 +174,11 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// CPU time the server and the children it reaped have used so far.
+    pub fn cpu(&self) -> Duration {
+        crate::stats::cpu_of(&self.child.id().to_string(), true)
+    }
+
     /// `VmRSS` and `VmHWM` of the server process, in KiB.
     pub fn memory_kib(&self) -> anyhow::Result<(u64, u64)> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;

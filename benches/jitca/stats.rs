@@ -61,10 +61,17 @@ impl Summary {
     }
 }
 
-/// CPU time this process (all its threads) has used so far, from
-/// `/proc/self/stat` (user and system time, in clock ticks of 10 ms).
+/// CPU time this process (all its threads) has used so far.
 pub fn process_cpu() -> Duration {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+    cpu_of("self", false)
+}
+
+/// CPU time used by process `pid` (`self` for this one), from
+/// `/proc/PID/stat`: user and system time, in clock ticks of 10 ms; with
+/// `children`, also that of the children it has reaped (sshd's
+/// per-connection processes).
+pub fn cpu_of(pid: &str, children: bool) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return Duration::ZERO;
     };
     // Fields after the command name (which may hold spaces) start at field 3.
@@ -78,8 +85,12 @@ pub fn process_cpu() -> Duration {
             .and_then(|f| f.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    // utime and stime are fields 14 and 15, so 11 and 12 here.
-    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+    // utime, stime, cutime, cstime are fields 14 to 17, so 11 to 14 here.
+    let mut total = ticks(11) + ticks(12);
+    if children {
+        total += ticks(13) + ticks(14);
+    }
+    Duration::from_millis(total * 10)
 }
 
 /// The nearest-rank percentile `p` (0 to 100) of sorted values.
