@@ -27,6 +27,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use e2e::{Run, Target};
 use jitca::policy::Policy;
 use servers::{SSHD_LINE, Server};
@@ -148,7 +149,16 @@ async fn run(counts: &Counts, smoke: bool, only: Option<&str>) -> anyhow::Result
         }
     }
     let tmp = tempfile::Builder::new().prefix("jitca-bench-").tempdir()?;
-    let dir = tmp.path();
+    let result = parts(counts, smoke, only, tmp.path()).await;
+    let path = tmp.path().display().to_string();
+    // Gigabytes of generated database: say so if they stay behind.
+    let removed = tmp
+        .close()
+        .with_context(|| format!("cannot remove {path}: remove it by hand"));
+    result.and(removed)
+}
+
+async fn parts(counts: &Counts, smoke: bool, only: Option<&str>, dir: &Path) -> anyhow::Result<()> {
     let mut checks = Vec::new();
     let part = |name: &str| only.is_none_or(|o| o == name);
     let mut body_bytes = 2_000;
