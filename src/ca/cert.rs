@@ -177,7 +177,7 @@ pub fn sign_certificate(ca: &CaKey, req: &CertRequest) -> Result<Certificate, Ce
     build(&mut builder, req).map_err(|e| sign_err(e.to_string()))?;
 
     let cert = builder
-        .sign(ca.private())
+        .sign(ca.signer())
         .map_err(|e| sign_err(e.to_string()))?;
     // Fail closed: a certificate whose signature does not verify never leaves.
     cert.verify_signature()
