@@ -40,6 +40,13 @@ impl CaSigner {
     }
 }
 
+impl CaSigner {
+    /// Whether this is an Ed25519 key.
+    pub fn is_ed25519(&self) -> bool {
+        matches!(self, CaSigner::Ed25519 { .. })
+    }
+}
+
 impl signature::Signer<Signature> for CaSigner {
     fn try_sign(&self, message: &[u8]) -> Result<Signature, signature::Error> {
         match self {
