@@ -98,10 +98,10 @@ fn commit_batch(conn: &Connection, batch: Vec<Job>) {
 
     let mut completions = Vec::with_capacity(batch.len());
     for job in batch {
-        let savepoint = conn.execute_batch("SAVEPOINT job");
+        let savepoint = cached(conn, "SAVEPOINT job");
         let (ok, completion) = job(conn);
         let end = match (savepoint.is_ok(), ok) {
-            (true, true) => conn.execute_batch("RELEASE job"),
+            (true, true) => cached(conn, "RELEASE job"),
             (true, false) => conn.execute_batch("ROLLBACK TO job; RELEASE job"),
             (false, _) => savepoint,
         };
@@ -118,6 +118,11 @@ fn commit_batch(conn: &Connection, batch: Vec<Job>) {
         // matters for the ones that succeeded.
         completion(if ok { commit.clone() } else { Ok(()) });
     }
+}
+
+/// Runs one statement that every job runs, compiled once.
+fn cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
 }
 
 #[cfg(test)]
