@@ -241,7 +241,7 @@ async fn in_process(counts: &Counts, dir: &Path, checks: &mut Vec<Check>) -> any
          (WAL, synchronous=FULL); the certificate is returned after its commit.",
     );
     t.note(
-        "certificate builder: build, sign, verify the new signature, encode, without \
+        "certificate builder: build, sign (an RSA or ECDSA signature is verified too), encode, without \
          snapshot, policy or database. ssh-keygen: sequential, the same options.",
     );
     t.note(format!(

@@ -19,6 +19,7 @@ use super::algorithm::{MIN_RSA_BITS, rsa_bits};
 use super::files::{
     CappedReadError, WriteNewError, ensure_private_dir, read_capped_file, write_new,
 };
+use super::signer::CaSigner;
 use crate::model::{BadName, check_name};
 
 /// The largest key file read: a 16384-bit RSA private key is about 12 KiB.
@@ -155,6 +156,7 @@ pub enum KeyFileError {
 /// material.
 pub struct CaKey {
     key: PrivateKey,
+    signer: CaSigner,
     fingerprint: String,
     public_line: String,
 }
@@ -169,9 +171,14 @@ impl CaKey {
                 path: path.to_path_buf(),
                 detail: format!("its public half cannot be encoded: {e}"),
             })?;
+        let signer = CaSigner::new(key.clone()).map_err(|detail| KeyFileError::Parse {
+            path: path.to_path_buf(),
+            detail,
+        })?;
         Ok(CaKey {
             fingerprint: key.fingerprint(HashAlg::Sha256).to_string(),
             public_line,
+            signer,
             key,
         })
     }
@@ -192,9 +199,9 @@ impl CaKey {
         self.key.algorithm().as_str().to_string()
     }
 
-    /// The private key, for signing.
-    pub(crate) fn private(&self) -> &PrivateKey {
-        &self.key
+    /// What signs with this key.
+    pub(crate) fn signer(&self) -> &CaSigner {
+        &self.signer
     }
 }
 

@@ -6,7 +6,8 @@
 //! - [`keys`]: CA keys, generated without ever overwriting and loaded only
 //!   with safe permissions; [`host_key`]: the daemon's own host key;
 //! - [`options`]: principals, critical options and extensions;
-//! - [`cert`]: the builder that signs user certificates;
+//! - [`cert`]: the builder that signs user certificates, with the
+//!   [`signer`] prepared once per key;
 //! - [`registry`]: the CA keys the database knows, and the one that signs.
 
 pub mod algorithm;
@@ -18,6 +19,7 @@ pub mod krl;
 pub mod options;
 pub mod registry;
 pub mod revocation;
+pub mod signer;
 pub mod subject;
 #[cfg(test)]
 mod testutil;

@@ -443,4 +443,35 @@ mod tests {
             .unwrap();
         assert_eq!(active, 1, "the old key keeps signing");
     }
+
+    /// The plan SQLite picks for `sql`, one line per step.
+    fn plan(conn: &Connection, sql: &str) -> Vec<String> {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let rows = stmt.query_map([], |r| r.get::<_, String>(3)).unwrap();
+        rows.collect::<Result<_, _>>().unwrap()
+    }
+
+    #[test]
+    fn the_active_key_and_its_last_expiry_are_found_without_reading_every_certificate() {
+        // The issuing transaction reads the active key's row for every
+        // certificate: a scan of the certificates made each issuance slower
+        // than the one before.
+        let dir = tempfile::tempdir().unwrap();
+        let (conn, _) = crate::store::open(&dir.path().join("p.db")).unwrap();
+        let queries = [
+            format!("SELECT {COLUMNS} FROM ca_keys WHERE state = 'active'"),
+            "SELECT MAX(valid_before) FROM certificates WHERE ca_key_id = 1".to_string(),
+        ];
+        for sql in queries {
+            let steps = plan(&conn, &sql);
+            assert!(
+                steps.iter().any(|s| s.contains("certificates_by_ca_key")),
+                "{sql}: {steps:?}"
+            );
+            assert!(
+                !steps.iter().any(|s| s.starts_with("SCAN")),
+                "{sql}: {steps:?}"
+            );
+        }
+    }
 }
