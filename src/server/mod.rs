@@ -16,7 +16,6 @@ mod signing;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -362,6 +361,14 @@ impl Drop for PeerSlot {
     }
 }
 
+/// Serves one connection to its end: the handshake, the login grace, then
+/// the session, all in this one task.
+///
+/// The handshake's state is boxed: it is only needed until the session
+/// starts, and inline it would size this task's allocation, which lives as
+/// long as the connection. Once the caller has authenticated nothing but
+/// the wait for the session's end is left here: no timer, no second handle
+/// on the socket.
 async fn connection(
     config: Arc<russh::server::Config>,
     state: Arc<State>,
@@ -369,7 +376,7 @@ async fn connection(
     peer: SocketAddr,
     login_grace: Duration,
 ) {
-    let authenticated = Arc::new(AtomicBool::new(false));
+    let deadline = tokio::time::Instant::now() + login_grace;
     // A second handle on the socket, to cut a client off even while russh
     // waits in a key exchange and cannot act on a disconnect request.
     let (socket, cutter) = match socket.into_std().and_then(|std| {
@@ -382,30 +389,49 @@ async fn connection(
             return;
         }
     };
-    let handler = session::Connection::new(state, peer, authenticated.clone());
-    match russh::server::run_stream(config, socket, handler).await {
-        Ok(running) => {
-            let handle = running.handle();
-            let grace = tokio::spawn(async move {
-                tokio::time::sleep(login_grace).await;
-                if !authenticated.load(Ordering::Acquire) {
-                    tracing::warn!(%peer, "no authentication within the grace time; disconnecting");
-                    let _ = handle
-                        .disconnect(
-                            russh::Disconnect::ByApplication,
-                            "authentication took too long".into(),
-                            String::new(),
-                        )
-                        .await;
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    let _ = cutter.shutdown(std::net::Shutdown::Both);
-                }
-            });
-            if let Err(e) = running.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-            grace.abort();
+    let (authenticated, on_authenticated) = tokio::sync::oneshot::channel();
+    let handler = session::Connection::new(state, peer, authenticated);
+    let handshake = Box::pin(russh::server::run_stream(config, socket, handler));
+    let mut running = match tokio::time::timeout_at(deadline, handshake).await {
+        Ok(Ok(running)) => running,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "handshake failed");
+            return;
         }
-        Err(e) => tracing::debug!(%peer, error = %e, "handshake failed"),
+        Err(_) => {
+            // No identification string in time: dropping the handshake
+            // closes the socket.
+            tracing::warn!(%peer, "no authentication within the grace time; disconnecting");
+            return;
+        }
+    };
+    let in_time = tokio::select! {
+        ended = &mut running => return ended_with(peer, ended),
+        // An error means that the handler is gone, and so is the session.
+        _ = on_authenticated => true,
+        () = tokio::time::sleep_until(deadline) => false,
+    };
+    if in_time {
+        drop(cutter);
+    } else {
+        tracing::warn!(%peer, "no authentication within the grace time; disconnecting");
+        let _ = running
+            .handle()
+            .disconnect(
+                russh::Disconnect::ByApplication,
+                "authentication took too long".into(),
+                String::new(),
+            )
+            .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let _ = cutter.shutdown(std::net::Shutdown::Both);
+    }
+    ended_with(peer, running.await);
+}
+
+/// Logs how a session ended, if with an error.
+fn ended_with(peer: SocketAddr, ended: Result<(), russh::Error>) {
+    if let Err(e) = ended {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }

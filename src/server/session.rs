@@ -9,7 +9,6 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use russh::keys::{Algorithm, HashAlg, PublicKey};
@@ -39,12 +38,17 @@ pub struct Connection {
     channels: Arc<Mutex<HashSet<ChannelId>>>,
     /// Channels that have had their one exec (or shell) request.
     used: HashSet<ChannelId>,
-    /// Set once authentication succeeded; read by the login grace timer.
-    authenticated: Arc<AtomicBool>,
+    /// Told once a key of an active identity has authenticated, which ends
+    /// the login grace; `None` after that.
+    authenticated: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Connection {
-    pub fn new(state: Arc<State>, peer: SocketAddr, authenticated: Arc<AtomicBool>) -> Connection {
+    pub fn new(
+        state: Arc<State>,
+        peer: SocketAddr,
+        authenticated: tokio::sync::oneshot::Sender<()>,
+    ) -> Connection {
         Connection {
             state,
             peer,
@@ -52,7 +56,7 @@ impl Connection {
             refused: None,
             channels: Arc::default(),
             used: HashSet::new(),
-            authenticated,
+            authenticated: Some(authenticated),
         }
     }
 
@@ -167,7 +171,9 @@ impl Handler for Connection {
         }
         tracing::info!(peer = %self.peer, user = %who.user, device = %who.device, "authenticated");
         self.caller = Some((who, key.public_key.clone()));
-        self.authenticated.store(true, Ordering::Release);
+        if let Some(tell) = self.authenticated.take() {
+            let _ = tell.send(());
+        }
         Ok(Auth::Accept)
     }
 
