@@ -112,7 +112,22 @@ impl State {
     /// Audits an authentication refusal, at most once per key and peer per
     /// interval, and within a global rate, so that a flood of attempts cannot
     /// flood the audit log.
+    ///
+    /// The work is boxed: the authentication handlers that await this run
+    /// inside russh's session future, whose size every connection pays for
+    /// as long as it lasts.
     pub async fn record_refusal(
+        &self,
+        peer: IpAddr,
+        fingerprint: &str,
+        key_type: &str,
+        who: Option<&Identity>,
+        reason: &str,
+    ) {
+        Box::pin(self.audit_refusal(peer, fingerprint, key_type, who, reason)).await
+    }
+
+    async fn audit_refusal(
         &self,
         peer: IpAddr,
         fingerprint: &str,

@@ -25,8 +25,14 @@ use crate::inventory::{Identity, identity_by_fingerprint};
 /// Channels a connection may have open at once.
 const MAX_CHANNELS: usize = 4;
 
-/// The per-connection handler.
-pub struct Connection {
+/// The per-connection handler. Its state is boxed: russh keeps the handler
+/// inline in the allocation of each session's task, and the way that future
+/// is built stores it there four times over (352 bytes each, of which the
+/// caller's identity and key are most).
+pub struct Connection(Box<Inner>);
+
+/// What a connection knows about its caller and its channels.
+pub struct Inner {
     state: Arc<State>,
     peer: SocketAddr,
     /// Set once a key of an active device of an active user has authenticated.
@@ -49,7 +55,7 @@ impl Connection {
         peer: SocketAddr,
         authenticated: tokio::sync::oneshot::Sender<()>,
     ) -> Connection {
-        Connection {
+        Connection(Box::new(Inner {
             state,
             peer,
             caller: None,
@@ -57,7 +63,7 @@ impl Connection {
             channels: Arc::default(),
             used: HashSet::new(),
             authenticated: Some(authenticated),
-        }
+        }))
     }
 
     async fn lookup(&self, key: &PublicKey) -> Option<Identity> {
@@ -74,6 +80,20 @@ impl Connection {
                 None
             }
         }
+    }
+}
+
+impl std::ops::Deref for Connection {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Connection {
+    fn deref_mut(&mut self) -> &mut Inner {
+        &mut self.0
     }
 }
 
