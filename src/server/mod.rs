@@ -429,19 +429,25 @@ async fn connection(
     if in_time {
         drop(cutter);
     } else {
-        tracing::warn!(%peer, "no authentication within the grace time; disconnecting");
-        let _ = running
-            .handle()
-            .disconnect(
-                russh::Disconnect::ByApplication,
-                "authentication took too long".into(),
-                String::new(),
-            )
-            .await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let _ = cutter.shutdown(std::net::Shutdown::Both);
+        // Boxed: a disconnect is a large future, and rare.
+        Box::pin(cut_off(peer, running.handle(), cutter)).await;
     }
     ended_with(peer, running.await);
+}
+
+/// Ends a connection whose login grace ran out: asks russh to disconnect,
+/// then shuts the socket in case russh is stuck in a key exchange.
+async fn cut_off(peer: SocketAddr, handle: russh::server::Handle, cutter: std::net::TcpStream) {
+    tracing::warn!(%peer, "no authentication within the grace time; disconnecting");
+    let _ = handle
+        .disconnect(
+            russh::Disconnect::ByApplication,
+            "authentication took too long".into(),
+            String::new(),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = cutter.shutdown(std::net::Shutdown::Both);
 }
 
 /// Logs how a session ended, if with an error.
