@@ -362,15 +362,27 @@ pub async fn serve(
             continue;
         };
         let _ = socket.set_nodelay(true);
-        let config = config.clone();
-        let state = state.clone();
-        let grace = limits.login_grace;
-        tokio::spawn(async move {
-            connection(config, state, socket, peer, grace).await;
-            drop(slot);
-            drop(permit);
-        });
+        let admission = Admission {
+            _permit: permit,
+            _slot: slot,
+        };
+        tokio::spawn(connection(
+            config.clone(),
+            state.clone(),
+            socket,
+            peer,
+            limits.login_grace,
+            admission,
+        ));
     }
+}
+
+/// A connection's place under the connection limits, given back when it
+/// is dropped: with the connection's handler, when russh ends the session
+/// (or the handshake fails).
+pub(super) struct Admission {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _slot: PeerSlot,
 }
 
 /// One peer's share of the connection limit, given back on drop.
@@ -411,20 +423,19 @@ impl Drop for PeerSlot {
     }
 }
 
-/// Serves one connection to its end: the handshake, the login grace, then
-/// the session, all in this one task.
+/// Serves one connection: the handshake and the login grace, then hands
+/// the wait for the session's end to a small task of its own.
 ///
 /// The handshake's state is boxed: it is only needed until the session
-/// starts, and inline it would size this task's allocation, which lives as
-/// long as the connection. Once the caller has authenticated nothing but
-/// the wait for the session's end is left here: no timer, no second handle
-/// on the socket.
+/// starts, and inline it would size this task's allocation. Once the caller
+/// has authenticated, no timer and no second handle on the socket are left.
 async fn connection(
     config: Arc<russh::server::Config>,
     state: Arc<State>,
     socket: tokio::net::TcpStream,
     peer: SocketAddr,
     login_grace: Duration,
+    admission: Admission,
 ) {
     let deadline = tokio::time::Instant::now() + login_grace;
     // A second handle on the socket, to cut a client off even while russh
@@ -440,7 +451,7 @@ async fn connection(
         }
     };
     let (authenticated, on_authenticated) = tokio::sync::oneshot::channel();
-    let handler = session::Connection::new(state, peer, authenticated);
+    let handler = session::Connection::new(state, peer, authenticated, admission);
     let handshake = Box::pin(russh::server::run_stream(config, socket, handler));
     let mut running = match tokio::time::timeout_at(deadline, handshake).await {
         Ok(Ok(running)) => running,
@@ -463,11 +474,15 @@ async fn connection(
     };
     if in_time {
         drop(cutter);
+        // What is left is a wait for the session's end, to log how it
+        // ended: in a task of its own, whose allocation that wait alone
+        // sizes, rather than everything this task did before.
+        tokio::spawn(async move { ended_with(peer, running.await) });
     } else {
         // Boxed: a disconnect is a large future, and rare.
         Box::pin(cut_off(peer, running.handle(), cutter)).await;
+        ended_with(peer, running.await);
     }
-    ended_with(peer, running.await);
 }
 
 /// Ends a connection whose login grace ran out: asks russh to disconnect,

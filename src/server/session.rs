@@ -17,9 +17,9 @@ use russh::server::{
 };
 use russh::{Channel, ChannelId, ChannelOpenFailure, Disconnect};
 
-use super::State;
 use super::commands::{self, exit};
 use super::run::{Output, Progress, run_command};
+use super::{Admission, State};
 use crate::inventory::{Identity, identity_by_fingerprint};
 
 /// Channels a connection may have open at once.
@@ -47,6 +47,9 @@ pub struct Inner {
     /// Told once a key of an active identity has authenticated, which ends
     /// the login grace; `None` after that.
     authenticated: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The connection's place under the limits, given back when russh drops
+    /// this handler at the end of the session.
+    _admission: Admission,
 }
 
 impl Connection {
@@ -54,6 +57,7 @@ impl Connection {
         state: Arc<State>,
         peer: SocketAddr,
         authenticated: tokio::sync::oneshot::Sender<()>,
+        admission: Admission,
     ) -> Connection {
         Connection(Box::new(Inner {
             state,
@@ -63,6 +67,7 @@ impl Connection {
             channels: Arc::default(),
             used: HashSet::new(),
             authenticated: Some(authenticated),
+            _admission: admission,
         }))
     }
 
