@@ -126,6 +126,15 @@ pub fn init(paths: &Paths) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Threads for blocking work, at most: the database reads, which are short
+/// and mostly CPU. Twice the cores, at least 4, leaves room to overlap a read
+/// that waits on the disk; tokio's default of 512 let a burst of logins start
+/// dozens of threads, each keeping a stack and a malloc arena.
+fn blocking_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (2 * cores).max(4)
+}
+
 pub fn serve(paths: &Paths, args: ServeArgs) -> anyhow::Result<ExitCode> {
     // An invalid policy refuses the start: nothing is created before it is known good.
     let policy = Policy::load(&paths.policy).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -165,6 +174,7 @@ pub fn serve(paths: &Paths, args: ServeArgs) -> anyhow::Result<ExitCode> {
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(blocking_threads())
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {

@@ -9,7 +9,6 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use russh::keys::{Algorithm, HashAlg, PublicKey};
@@ -18,16 +17,22 @@ use russh::server::{
 };
 use russh::{Channel, ChannelId, ChannelOpenFailure, Disconnect};
 
-use super::State;
 use super::commands::{self, exit};
 use super::run::{Output, Progress, run_command};
+use super::{Admission, State};
 use crate::inventory::{Identity, identity_by_fingerprint};
 
 /// Channels a connection may have open at once.
 const MAX_CHANNELS: usize = 4;
 
-/// The per-connection handler.
-pub struct Connection {
+/// The per-connection handler. Its state is boxed: russh keeps the handler
+/// inline in the allocation of each session's task, and the way that future
+/// is built stores it there four times over (352 bytes each, of which the
+/// caller's identity and key are most).
+pub struct Connection(Box<Inner>);
+
+/// What a connection knows about its caller and its channels.
+pub struct Inner {
     state: Arc<State>,
     peer: SocketAddr,
     /// Set once a key of an active device of an active user has authenticated.
@@ -39,21 +44,31 @@ pub struct Connection {
     channels: Arc<Mutex<HashSet<ChannelId>>>,
     /// Channels that have had their one exec (or shell) request.
     used: HashSet<ChannelId>,
-    /// Set once authentication succeeded; read by the login grace timer.
-    authenticated: Arc<AtomicBool>,
+    /// Told once a key of an active identity has authenticated, which ends
+    /// the login grace; `None` after that.
+    authenticated: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The connection's place under the limits, given back when russh drops
+    /// this handler at the end of the session.
+    _admission: Admission,
 }
 
 impl Connection {
-    pub fn new(state: Arc<State>, peer: SocketAddr, authenticated: Arc<AtomicBool>) -> Connection {
-        Connection {
+    pub fn new(
+        state: Arc<State>,
+        peer: SocketAddr,
+        authenticated: tokio::sync::oneshot::Sender<()>,
+        admission: Admission,
+    ) -> Connection {
+        Connection(Box::new(Inner {
             state,
             peer,
             caller: None,
             refused: None,
             channels: Arc::default(),
             used: HashSet::new(),
-            authenticated,
-        }
+            authenticated: Some(authenticated),
+            _admission: admission,
+        }))
     }
 
     async fn lookup(&self, key: &PublicKey) -> Option<Identity> {
@@ -70,6 +85,20 @@ impl Connection {
                 None
             }
         }
+    }
+}
+
+impl std::ops::Deref for Connection {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Connection {
+    fn deref_mut(&mut self) -> &mut Inner {
+        &mut self.0
     }
 }
 
@@ -167,7 +196,9 @@ impl Handler for Connection {
         }
         tracing::info!(peer = %self.peer, user = %who.user, device = %who.device, "authenticated");
         self.caller = Some((who, key.public_key.clone()));
-        self.authenticated.store(true, Ordering::Release);
+        if let Some(tell) = self.authenticated.take() {
+            let _ = tell.send(());
+        }
         Ok(Auth::Accept)
     }
 
@@ -358,5 +389,172 @@ impl Handler for Connection {
             }
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The connection's life around the handler: the login grace, and the
+    //! limits given back when a session ends, against a real listener.
+
+    use std::net::SocketAddr;
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use russh::keys::{
+        Algorithm, HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate,
+    };
+    use russh::{ChannelMsg, Disconnect, client};
+    use tokio::io::AsyncReadExt;
+
+    use crate::ca::registry;
+    use crate::inventory::{NewDevice, add_device, add_user};
+    use crate::policy::Policy;
+    use crate::server::{Limits, State, serve};
+
+    const GRACE: Duration = Duration::from_secs(1);
+
+    /// Accepts any host key: the tests talk to the server they started.
+    struct Client;
+
+    impl client::Handler for Client {
+        type Error = russh::Error;
+
+        async fn check_server_key(
+            &mut self,
+            _presented: &PublicKeyOrCertificate,
+        ) -> Result<bool, Self::Error> {
+            Ok(true)
+        }
+    }
+
+    /// Serves a fresh database on 127.0.0.1 with a login grace of [`GRACE`]
+    /// and at most `max_connections`; returns the address and the enrolled
+    /// key of alice (group ops).
+    async fn daemon(dir: &Path, max_connections: usize) -> (SocketAddr, PrivateKey) {
+        let db = dir.join("s.db");
+        let keys = dir.join("ca-keys");
+        let (mut conn, _) = crate::store::open(&db).unwrap();
+        let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
+        let public = key.public_key();
+        let fp = public.fingerprint(HashAlg::Sha256).to_string();
+        let line = public.to_openssh().unwrap();
+        crate::store::write(&mut conn, |c| {
+            registry::ensure_active(c, &keys, 1)?;
+            add_user(c, "alice", &["ops".into()], 1)?;
+            let device = NewDevice {
+                fingerprint: &fp,
+                key_type: "ssh-ed25519",
+                public_key: &line,
+                label: "",
+            };
+            add_device(c, "alice", "alice-laptop", &device, 1)
+        })
+        .unwrap();
+        let policy_path = dir.join("policy.toml");
+        std::fs::write(
+            &policy_path,
+            "[role.shell]\ngroups = [\"ops\"]\nprincipals = [\"ops\"]\nttl = \"5m\"\n",
+        )
+        .unwrap();
+        let policy = Policy::load(&policy_path).unwrap();
+        let state = Arc::new(State::new(&db, &keys, &policy_path, policy).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let host_key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
+        let limits = Limits {
+            max_connections,
+            max_per_peer: max_connections,
+            login_grace: GRACE,
+            idle_timeout: Duration::from_secs(60),
+        };
+        tokio::spawn(serve(state, listener, host_key, limits));
+        (addr, key)
+    }
+
+    async fn login(
+        addr: SocketAddr,
+        key: &PrivateKey,
+    ) -> Result<client::Handle<Client>, russh::Error> {
+        let mut handle = client::connect(Arc::new(client::Config::default()), addr, Client).await?;
+        let auth = handle
+            .authenticate_publickey(
+                "alice",
+                PrivateKeyWithHashAlg::new(Arc::new(key.clone()), None),
+            )
+            .await?;
+        assert!(auth.success(), "the enrolled key was refused");
+        Ok(handle)
+    }
+
+    /// Runs `command` on a new channel; its stdout and exit status.
+    async fn run(handle: &client::Handle<Client>, command: &str) -> (String, Option<u32>) {
+        let mut channel = handle.channel_open_session().await.unwrap();
+        channel.exec(true, command).await.unwrap();
+        let (mut stdout, mut status) = (Vec::new(), None);
+        while let Some(msg) = channel.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => stdout.extend_from_slice(&data),
+                ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+                ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+        (String::from_utf8_lossy(&stdout).into_owned(), status)
+    }
+
+    #[tokio::test]
+    async fn a_client_that_sends_nothing_is_closed_at_the_login_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, _) = daemon(dir.path(), 8).await;
+        let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 256];
+        let closed = tokio::time::timeout(GRACE * 5, async {
+            // The server's identification string, then nothing until it closes.
+            while socket.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        })
+        .await;
+        assert!(closed.is_ok(), "a silent client outlived the login grace");
+        assert!(started.elapsed() >= GRACE - Duration::from_millis(100));
+    }
+
+    #[tokio::test]
+    async fn an_authenticated_connection_outlives_the_login_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, key) = daemon(dir.path(), 8).await;
+        let handle = login(addr, &key).await.unwrap();
+        tokio::time::sleep(GRACE * 2).await;
+        let (stdout, status) = run(&handle, "whoami").await;
+        assert_eq!(status, Some(0), "{stdout}");
+        assert!(stdout.contains("alice"), "{stdout}");
+    }
+
+    #[tokio::test]
+    async fn the_connection_limit_is_given_back_when_a_session_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, key) = daemon(dir.path(), 1).await;
+        let first = login(addr, &key).await.unwrap();
+        assert!(
+            login(addr, &key).await.is_err(),
+            "a second connection was served beyond a limit of one"
+        );
+        first
+            .disconnect(Disconnect::ByApplication, "", "en")
+            .await
+            .unwrap();
+        drop(first);
+        // The slot comes back once the server has seen the session end.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let again = loop {
+            match login(addr, &key).await {
+                Ok(handle) => break handle,
+                Err(e) if Instant::now() > deadline => panic!("the slot never came back: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        let (stdout, status) = run(&again, "whoami").await;
+        assert_eq!(status, Some(0), "{stdout}");
     }
 }
