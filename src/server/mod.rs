@@ -12,6 +12,8 @@ mod readers;
 mod run;
 mod session;
 mod signing;
+#[cfg(test)]
+mod testutil;
 
 use std::borrow::Cow;
 use std::collections::HashMap;

@@ -402,16 +402,11 @@ mod tests {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use russh::keys::{
-        Algorithm, HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate,
-    };
+    use russh::keys::{Algorithm, PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
     use russh::{ChannelMsg, Disconnect, client};
     use tokio::io::AsyncReadExt;
 
-    use crate::ca::registry;
-    use crate::inventory::{NewDevice, add_device, add_user};
-    use crate::policy::Policy;
-    use crate::server::{Limits, State, serve};
+    use crate::server::{Limits, serve};
 
     const GRACE: Duration = Duration::from_secs(1);
 
@@ -433,33 +428,8 @@ mod tests {
     /// and at most `max_connections`; returns the address and the enrolled
     /// key of alice (group ops).
     async fn daemon(dir: &Path, max_connections: usize) -> (SocketAddr, PrivateKey) {
-        let db = dir.join("s.db");
-        let keys = dir.join("ca-keys");
-        let (mut conn, _) = crate::store::open(&db).unwrap();
-        let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
-        let public = key.public_key();
-        let fp = public.fingerprint(HashAlg::Sha256).to_string();
-        let line = public.to_openssh().unwrap();
-        crate::store::write(&mut conn, |c| {
-            registry::ensure_active(c, &keys, 1)?;
-            add_user(c, "alice", &["ops".into()], 1)?;
-            let device = NewDevice {
-                fingerprint: &fp,
-                key_type: "ssh-ed25519",
-                public_key: &line,
-                label: "",
-            };
-            add_device(c, "alice", "alice-laptop", &device, 1)
-        })
-        .unwrap();
-        let policy_path = dir.join("policy.toml");
-        std::fs::write(
-            &policy_path,
-            "[role.shell]\ngroups = [\"ops\"]\nprincipals = [\"ops\"]\nttl = \"5m\"\n",
-        )
-        .unwrap();
-        let policy = Policy::load(&policy_path).unwrap();
-        let state = Arc::new(State::new(&db, &keys, &policy_path, policy).unwrap());
+        let (state, key, _) = crate::server::testutil::state_with_alice(dir, "s.db");
+        let state = Arc::new(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let host_key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();

@@ -3,46 +3,18 @@
 
 use std::path::Path;
 
-use russh::keys::{Algorithm, Certificate, PrivateKey};
+use russh::keys::Certificate;
 
 use super::*;
-use crate::inventory::{NewDevice, add_device, add_user, identity_by_fingerprint};
-
-const POLICY: &str = r#"
-[role.shell]
-groups = ["ops"]
-principals = ["ops"]
-ttl = "5m"
-"#;
+use crate::inventory::identity_by_fingerprint;
 
 /// A daemon state over a fresh database with one requester, alice, whose
 /// device key is returned with her identity.
 fn setup(dir: &Path) -> (State, PublicKey, Identity) {
-    let db = dir.join("i.db");
-    let keys = dir.join("ca-keys");
-    let (mut conn, _) = crate::store::open(&db).unwrap();
-    let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
-    let public = key.public_key().clone();
-    let fp = public.fingerprint(HashAlg::Sha256).to_string();
-    let line = public.to_openssh().unwrap();
-    crate::store::write(&mut conn, |c| {
-        registry::ensure_active(c, &keys, 1)?;
-        add_user(c, "alice", &["ops".into()], 1)?;
-        let device = NewDevice {
-            fingerprint: &fp,
-            key_type: "ssh-ed25519",
-            public_key: &line,
-            label: "",
-        };
-        add_device(c, "alice", "alice-laptop", &device, 1)
-    })
-    .unwrap();
+    let (state, key, fp) = crate::server::testutil::state_with_alice(dir, "i.db");
+    let conn = crate::store::connect(&dir.join("i.db")).unwrap();
     let who = identity_by_fingerprint(&conn, &fp).unwrap().unwrap();
-    let policy_path = dir.join("policy.toml");
-    std::fs::write(&policy_path, POLICY).unwrap();
-    let policy = Policy::load(&policy_path).unwrap();
-    let state = State::new(&db, &keys, &policy_path, policy).unwrap();
-    (state, public, who)
+    (state, key.public_key().clone(), who)
 }
 
 /// Certificate rows and `issued` audit records in the database.
