@@ -7,7 +7,7 @@
 //! that way the requester learns the reason instead of a bare "Permission
 //! denied", and still gets nothing. The login name carries no meaning.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -41,7 +41,9 @@ pub struct Inner {
     refused: Option<String>,
     /// Session channels open now. A command's task removes its channel when
     /// it closes it, so the limit counts channels at once, not in a lifetime.
-    channels: Arc<Mutex<HashSet<ChannelId>>>,
+    /// With each, once it runs a command, the sender whose drop (when the
+    /// client closes the channel) tells that command its client is gone.
+    channels: Arc<Mutex<HashMap<ChannelId, Option<tokio::sync::oneshot::Sender<()>>>>>,
     /// Channels that have had their one exec (or shell) request.
     used: HashSet<ChannelId>,
     /// Told once a key of an active identity has authenticated, which ends
@@ -245,7 +247,7 @@ impl Handler for Connection {
         }
         let admitted = match self.channels.lock() {
             Ok(mut open) if open.len() < MAX_CHANNELS => {
-                open.insert(channel.id());
+                open.insert(channel.id(), None);
                 true
             }
             _ => false,
@@ -327,10 +329,12 @@ impl Handler for Connection {
             session.channel_failure(channel)?;
             return Ok(());
         };
-        let is_open = self
-            .channels
-            .lock()
-            .is_ok_and(|open| open.contains(&channel));
+        let (close, on_close) = tokio::sync::oneshot::channel::<()>();
+        let is_open = self.channels.lock().is_ok_and(|mut open| {
+            open.get_mut(&channel)
+                .map(|slot| *slot = Some(close))
+                .is_some()
+        });
         if self.used.contains(&channel) || !is_open {
             session.channel_failure(channel)?;
             return Ok(());
@@ -345,11 +349,18 @@ impl Handler for Connection {
         let line = data.to_vec();
         tokio::spawn(async move {
             // Progress lines go out as they come; the final reply after them.
+            // The forwarder stops, and so the command sees its client gone,
+            // when the session ends or the client closes the channel: russh
+            // takes a closed channel's data without an error.
             let (lines, mut queue) = tokio::sync::mpsc::unbounded_channel::<String>();
             let forward = {
                 let handle = handle.clone();
+                let mut on_close = on_close;
                 tokio::spawn(async move {
-                    while let Some(line) = queue.recv().await {
+                    while let Some(line) = tokio::select! {
+                        line = queue.recv() => line,
+                        _ = &mut on_close => None,
+                    } {
                         if handle
                             .extended_data(channel, 1, line.into_bytes())
                             .await
