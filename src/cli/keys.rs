@@ -25,7 +25,7 @@ pub struct ServeArgs {
     /// Most connections served at once; more are closed at once
     #[arg(long, default_value_t = 1024)]
     max_connections: usize,
-    /// Most connections from one address at once
+    /// Most connections from one peer at once: an IPv4 address, or an IPv6 /64
     #[arg(long, default_value_t = 256)]
     max_per_peer: usize,
     /// Close a connection that has not authenticated this long after opening

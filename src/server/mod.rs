@@ -387,6 +387,20 @@ pub(super) struct Admission {
     _slot: PeerSlot,
 }
 
+/// What the per-peer limit counts connections by: an IPv4 address (also
+/// when it arrives IPv4-mapped, `::ffff:a.b.c.d`, on a dual-stack socket),
+/// or an IPv6 /64. One IPv6 host is normally given a whole /64, so counting
+/// single IPv6 addresses would let it take as many slots as it likes.
+fn peer_key(peer: IpAddr) -> IpAddr {
+    match peer.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !(u128::MAX >> 64);
+            IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+        }
+        v4 => v4,
+    }
+}
+
 /// One peer's share of the connection limit, given back on drop.
 struct PeerSlot {
     counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
@@ -399,6 +413,7 @@ impl PeerSlot {
         peer: IpAddr,
         max: usize,
     ) -> Option<PeerSlot> {
+        let peer = peer_key(peer);
         let mut map = counts.lock().ok()?;
         let n = map.entry(peer).or_insert(0);
         if *n >= max {
@@ -506,5 +521,37 @@ async fn cut_off(peer: SocketAddr, handle: russh::server::Handle, cutter: std::n
 fn ended_with(peer: SocketAddr, ended: Result<(), russh::Error>) {
     if let Err(e) = ended {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn an_ipv4_mapped_address_and_one_ipv6_64_each_count_as_one_peer() {
+        let counts = Arc::default();
+        let a = PeerSlot::take(&counts, ip("10.0.0.1"), 2).unwrap();
+        let b = PeerSlot::take(&counts, ip("::ffff:10.0.0.1"), 2).unwrap();
+        assert!(
+            PeerSlot::take(&counts, ip("10.0.0.1"), 2).is_none(),
+            "a mapped address is the same peer"
+        );
+        let c = PeerSlot::take(&counts, ip("2001:db8::1"), 2).unwrap();
+        let d = PeerSlot::take(&counts, ip("2001:db8::ffff:2"), 2).unwrap();
+        assert!(
+            PeerSlot::take(&counts, ip("2001:db8::3"), 2).is_none(),
+            "one /64 is one peer"
+        );
+        let other = PeerSlot::take(&counts, ip("2001:db8:0:1::1"), 2);
+        assert!(other.is_some(), "the next /64 is another peer");
+        drop((a, c));
+        assert!(PeerSlot::take(&counts, ip("10.0.0.1"), 2).is_some());
+        assert!(PeerSlot::take(&counts, ip("2001:db8::4"), 2).is_some());
+        drop((b, d, other));
     }
 }
