@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use jitca::ca::cert::{CertRequest, certificate_line, sign_certificate};
 use jitca::ca::keys::load_ca_key;
-use jitca::ca::signer::CaSigner;
+use jitca::ca::signer::{CaSigner, ed25519_signing_key};
 use jitca::policy::RequestParams;
 use jitca::server::State;
 use jitca::server::issue::{self, Reply};
@@ -112,7 +112,13 @@ pub async fn durable_commit(state: &State, count: usize) -> anyhow::Result<Summa
 /// built once).
 pub fn ed25519(count: usize) -> anyhow::Result<(Summary, Summary)> {
     let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519)?;
-    let signer = CaSigner::new(key.clone()).map_err(anyhow::Error::msg)?;
+    let signing = ed25519_signing_key(&key)
+        .map_err(anyhow::Error::msg)?
+        .context("an Ed25519 key has an Ed25519 signing key")?;
+    let signer = CaSigner::Ed25519 {
+        key: &signing,
+        public: key.public_key().key_data(),
+    };
     let message = vec![0x5a_u8; 400];
     let mut signed = Vec::with_capacity(count);
     let mut verified = Vec::with_capacity(count);

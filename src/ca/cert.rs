@@ -177,7 +177,7 @@ pub fn sign_certificate(ca: &CaKey, req: &CertRequest) -> Result<Certificate, Ce
     build(&mut builder, req).map_err(|e| sign_err(e.to_string()))?;
 
     let cert = builder
-        .sign(ca.signer())
+        .sign(&ca.signer())
         .map_err(|e| sign_err(e.to_string()))?;
     // Fail closed: a certificate whose signature does not verify never
     // leaves. One faulty RSA-CRT signature gives the key away (Boneh,
@@ -186,7 +186,7 @@ pub fn sign_certificate(ca: &CaKey, req: &CertRequest) -> Result<Certificate, Ce
     // message signed twice, and no message is, since every certificate
     // carries a fresh random nonce (and a unique serial); the signing key
     // itself was checked against the key's public half when it was loaded
-    // (`CaSigner::new`). The check would cost as much as the signature.
+    // (`ed25519_signing_key`). The check would cost as much as the signature.
     if !ca.signer().is_ed25519() {
         cert.verify_signature()
             .map_err(|e| sign_err(format!("the new signature does not verify: {e}")))?;

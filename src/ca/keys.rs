@@ -19,7 +19,7 @@ use super::algorithm::{MIN_RSA_BITS, rsa_bits};
 use super::files::{
     CappedReadError, WriteNewError, ensure_private_dir, read_capped_file, write_new,
 };
-use super::signer::CaSigner;
+use super::signer::{CaSigner, ed25519_signing_key};
 use crate::model::{BadName, check_name};
 
 /// The largest key file read: a 16384-bit RSA private key is about 12 KiB.
@@ -156,7 +156,8 @@ pub enum KeyFileError {
 /// material.
 pub struct CaKey {
     key: PrivateKey,
-    signer: CaSigner,
+    /// The Ed25519 signing key, built once (`None` for other algorithms).
+    ed25519: Option<ed25519_dalek::SigningKey>,
     fingerprint: String,
     public_line: String,
 }
@@ -171,14 +172,14 @@ impl CaKey {
                 path: path.to_path_buf(),
                 detail: format!("its public half cannot be encoded: {e}"),
             })?;
-        let signer = CaSigner::new(key.clone()).map_err(|detail| KeyFileError::Parse {
+        let ed25519 = ed25519_signing_key(&key).map_err(|detail| KeyFileError::Parse {
             path: path.to_path_buf(),
             detail,
         })?;
         Ok(CaKey {
             fingerprint: key.fingerprint(HashAlg::Sha256).to_string(),
             public_line,
-            signer,
+            ed25519,
             key,
         })
     }
@@ -200,8 +201,14 @@ impl CaKey {
     }
 
     /// What signs with this key.
-    pub(crate) fn signer(&self) -> &CaSigner {
-        &self.signer
+    pub fn signer(&self) -> CaSigner<'_> {
+        match &self.ed25519 {
+            Some(key) => CaSigner::Ed25519 {
+                key,
+                public: self.key.public_key().key_data(),
+            },
+            None => CaSigner::Other(&self.key),
+        }
     }
 }
 

@@ -13,45 +13,42 @@ use russh::keys::ssh_key::public::KeyData;
 use russh::keys::ssh_key::{Algorithm, Signature};
 use russh::keys::{PrivateKey, signature};
 
-/// What signs certificates for one CA key.
-pub enum CaSigner {
-    /// Ed25519, with the signing key built once.
+/// Builds the Ed25519 signing key of `key`, once; `None` for the other
+/// algorithms. Fails if the key's public half does not belong to its
+/// private half.
+pub fn ed25519_signing_key(key: &PrivateKey) -> Result<Option<ed25519_dalek::SigningKey>, String> {
+    let Some(pair) = key.key_data().ed25519() else {
+        return Ok(None);
+    };
+    ed25519_dalek::SigningKey::try_from(pair)
+        .map(Some)
+        .map_err(|e| format!("its public half does not match its private half: {e}"))
+}
+
+/// What signs certificates for one CA key: a view of the key, holding no
+/// key material of its own.
+pub enum CaSigner<'a> {
+    /// Ed25519, with the signing key built once, and the public half.
     Ed25519 {
-        key: ed25519_dalek::SigningKey,
-        public: KeyData,
+        key: &'a ed25519_dalek::SigningKey,
+        public: &'a KeyData,
     },
     /// Any other algorithm, through ssh-key.
-    Other(PrivateKey),
+    Other(&'a PrivateKey),
 }
 
-impl CaSigner {
-    /// Prepares `key` for signing. Fails if an Ed25519 key's public half
-    /// does not belong to its private half.
-    pub fn new(key: PrivateKey) -> Result<CaSigner, String> {
-        let Some(pair) = key.key_data().ed25519() else {
-            return Ok(CaSigner::Other(key));
-        };
-        let signing = ed25519_dalek::SigningKey::try_from(pair)
-            .map_err(|e| format!("its public half does not match its private half: {e}"))?;
-        Ok(CaSigner::Ed25519 {
-            key: signing,
-            public: key.public_key().key_data().clone(),
-        })
-    }
-}
-
-impl CaSigner {
+impl CaSigner<'_> {
     /// Whether this is an Ed25519 key.
     pub fn is_ed25519(&self) -> bool {
         matches!(self, CaSigner::Ed25519 { .. })
     }
 }
 
-impl signature::Signer<Signature> for CaSigner {
+impl signature::Signer<Signature> for CaSigner<'_> {
     fn try_sign(&self, message: &[u8]) -> Result<Signature, signature::Error> {
         match self {
             CaSigner::Ed25519 { key, .. } => {
-                let raw = signature::Signer::<ed25519_dalek::Signature>::try_sign(key, message)?;
+                let raw = signature::Signer::<ed25519_dalek::Signature>::try_sign(*key, message)?;
                 Signature::new(Algorithm::Ed25519, raw.to_bytes().to_vec())
                     .map_err(|_| signature::Error::new())
             }
@@ -60,10 +57,10 @@ impl signature::Signer<Signature> for CaSigner {
     }
 }
 
-impl From<&CaSigner> for KeyData {
-    fn from(signer: &CaSigner) -> KeyData {
+impl From<&CaSigner<'_>> for KeyData {
+    fn from(signer: &CaSigner<'_>) -> KeyData {
         match signer {
-            CaSigner::Ed25519 { public, .. } => public.clone(),
+            CaSigner::Ed25519 { public, .. } => (*public).clone(),
             CaSigner::Other(key) => key.public_key().key_data().clone(),
         }
     }
@@ -77,8 +74,11 @@ mod tests {
     #[test]
     fn ed25519_signatures_are_those_ssh_key_makes_and_verify() {
         let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
-        let signer = CaSigner::new(key.clone()).unwrap();
-        assert!(matches!(signer, CaSigner::Ed25519 { .. }));
+        let signing = ed25519_signing_key(&key).unwrap().expect("an ed25519 key");
+        let signer = CaSigner::Ed25519 {
+            key: &signing,
+            public: key.public_key().key_data(),
+        };
         let message = b"certificate to be signed";
         let ours = signer.try_sign(message).unwrap();
         // Ed25519 is deterministic: the same key and message give the same
@@ -95,7 +95,7 @@ mod tests {
         let mut pair = key.key_data().ed25519().unwrap().clone();
         pair.public = other.key_data().ed25519().unwrap().public;
         let mixed = PrivateKey::new(pair.into(), "mixed").unwrap();
-        let err = CaSigner::new(mixed).err().expect("must be refused");
+        let err = ed25519_signing_key(&mixed).expect_err("must be refused");
         assert!(err.contains("does not match"), "{err}");
     }
 }
