@@ -58,6 +58,15 @@ pub fn active(conn: &Connection) -> Result<Option<CaKeyRow>, StoreError> {
     Ok(conn.prepare_cached(&sql)?.query_row([], row).optional()?)
 }
 
+/// The active key's row id, if there is one: what the issuing transaction
+/// checks for every certificate, without the rest of the row.
+pub fn active_id(conn: &Connection) -> Result<Option<i64>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT id FROM ca_keys WHERE state = 'active'")?
+        .query_row([], |r| r.get(0))
+        .optional()?)
+}
+
 /// Every key, oldest first.
 pub fn list(conn: &Connection) -> Result<Vec<CaKeyRow>, StoreError> {
     let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM ca_keys ORDER BY id"))?;

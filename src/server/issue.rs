@@ -486,7 +486,7 @@ fn record(conn: &Connection, spec: Spec, signed: Signed) -> Result<Recorded, Sto
     }
     // Under the write lock: a rotation or a CA revocation committed since
     // the key was looked up makes this certificate be signed again.
-    if registry::active(conn)?.map(|row| row.id) != Some(signed.ca_id) {
+    if registry::active_id(conn)? != Some(signed.ca_id) {
         return Ok(Recorded::StaleKey(Box::new(spec)));
     }
 
