@@ -462,9 +462,10 @@ mod tests {
 
     #[test]
     fn the_active_key_and_its_last_expiry_are_found_without_reading_every_certificate() {
-        // The issuing transaction reads the active key's row for every
-        // certificate: a scan of the certificates made each issuance slower
-        // than the one before.
+        // The daemon loads the active key's row (with this value) whenever
+        // it looks the signing key up, and `ca list` and rotation read it for
+        // every key: a scan of the certificates once made each issuance
+        // slower than the one before.
         let dir = tempfile::tempdir().unwrap();
         let (conn, _) = crate::store::open(&dir.path().join("p.db")).unwrap();
         let queries = [

@@ -141,9 +141,9 @@ pub const MIGRATIONS: &[&str] = &[
     INSERT INTO counters (name, value) SELECT 'serial', COALESCE(MAX(serial), 0) FROM certificates;
     "#,
     // 4: when each CA key's last certificate expires, found without reading
-    // every certificate: the issuing transaction reads the active key's row
-    // (with this value) for every certificate, and rotation reads it for
-    // every retiring key.
+    // every certificate: the active key's row (with this value) is read
+    // whenever the daemon looks its signing key up, `ca list` reads it for
+    // every key, and rotation for every retiring key.
     r#"
     CREATE INDEX certificates_by_ca_key ON certificates(ca_key_id, valid_before);
     "#,
