@@ -99,7 +99,9 @@ pub enum CertError {
 ///
 /// The names are already restricted by [`crate::model::check_name`] to
 /// `A-Z a-z 0-9 . _ -`, so the id needs no quoting and `:` separates fields
-/// unambiguously.
+/// unambiguously. Key ids are unique because serials are (the serial is the
+/// certificates table's key, and the last field of the id): the database
+/// keeps no index of its own on them.
 pub fn key_id(user: &str, device: &str, role: &str, serial: u64) -> String {
     format!("jitca:{user}:{device}:{role}:{serial}")
 }

@@ -453,13 +453,6 @@ mod tests {
         assert_eq!(active, 1, "the old key keeps signing");
     }
 
-    /// The plan SQLite picks for `sql`, one line per step.
-    fn plan(conn: &Connection, sql: &str) -> Vec<String> {
-        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-        let rows = stmt.query_map([], |r| r.get::<_, String>(3)).unwrap();
-        rows.collect::<Result<_, _>>().unwrap()
-    }
-
     #[test]
     fn the_active_key_and_its_last_expiry_are_found_without_reading_every_certificate() {
         // The daemon loads the active key's row (with this value) whenever
@@ -473,7 +466,7 @@ mod tests {
             "SELECT MAX(valid_before) FROM certificates WHERE ca_key_id = 1".to_string(),
         ];
         for sql in queries {
-            let steps = plan(&conn, &sql);
+            let steps = crate::store::query_plan(&conn, &sql);
             assert!(
                 steps.iter().any(|s| s.contains("certificates_by_ca_key")),
                 "{sql}: {steps:?}"

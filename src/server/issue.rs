@@ -538,7 +538,8 @@ fn record(conn: &Connection, spec: Spec, signed: Signed) -> Result<Recorded, Sto
             seq,
             snap.device.name,
             request_id,
-            signed.line
+            // Kept only where `fetch` may have to send it again: a request's.
+            request_id.as_ref().map(|_| &signed.line)
         ])?;
     if inserted != 1 {
         return Err(StoreError::invalid(format!(

@@ -151,6 +151,20 @@ pub fn write<T>(
     Ok(out)
 }
 
+/// The plan SQLite picks for `sql`, one line per step (for tests that
+/// check a query uses its index).
+#[cfg(test)]
+pub(crate) fn query_plan(conn: &Connection, sql: &str) -> Vec<String> {
+    let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+    // Parameters left unbound are NULL: the plan does not depend on them.
+    let mut rows = stmt.raw_query();
+    let mut steps = Vec::new();
+    while let Some(row) = rows.next().unwrap() {
+        steps.push(row.get::<_, String>(3).unwrap());
+    }
+    steps
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,5 +231,78 @@ mod tests {
         .unwrap();
         assert!(conn.execute("UPDATE audit SET kind = 'y'", []).is_err());
         assert!(conn.execute("DELETE FROM audit", []).is_err());
+    }
+
+    #[test]
+    fn certificates_keep_every_row_and_lose_the_per_user_indexes_when_migrated_to_version_5() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v4.db");
+        create_private(&path).unwrap();
+        {
+            // A database as version 4 left it, with one certificate.
+            let conn = connect(&path).unwrap();
+            for sql in &schema::MIGRATIONS[..4] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 4).unwrap();
+            conn.execute_batch(
+                "INSERT INTO users (id, name, status, created_at) VALUES (1, 'alice', 'active', 0);
+                 INSERT INTO devices (id, name, user_id, fingerprint, key_type, public_key, label, status, created_at)
+                     VALUES (1, 'mbp', 1, 'SHA256:f', 'ssh-ed25519', 'k', 'l', 'active', 0);
+                 INSERT INTO ca_keys (id, fingerprint, algorithm, public_key, file, state, created_at)
+                     VALUES (1, 'SHA256:c', 'ssh-ed25519', 'k', 'f', 'active', 0);
+                 INSERT INTO certificates (serial, key_id, user_id, device_id, role, ca_key_id, principals,
+                                           valid_after, valid_before, issued_at, request_id, audit_seq,
+                                           revoked_at, revoke_reason, certificate)
+                     VALUES (7, 'jitca:alice:mbp:db:7', 1, 1, 'db', 1, '[\"postgres\"]', 10, 20, 11,
+                             'r-1', 3, 15, 'lost', 'ssh-ed25519-cert-v01@openssh.com AAAA');",
+            )
+            .unwrap();
+        }
+        let (conn, created) = open(&path).unwrap();
+        assert!(!created);
+        let row: (String, String, i64, Option<String>, Option<String>) = conn
+            .query_row(
+                "SELECT key_id, principals, valid_before, revoke_reason, certificate
+                 FROM certificates WHERE serial = 7",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            row,
+            (
+                "jitca:alice:mbp:db:7".into(),
+                "[\"postgres\"]".into(),
+                20,
+                Some("lost".into()),
+                Some("ssh-ed25519-cert-v01@openssh.com AAAA".into())
+            )
+        );
+        let mut stmt = conn
+            .prepare("SELECT name FROM sqlite_master WHERE tbl_name = 'certificates' AND type = 'index' ORDER BY name")
+            .unwrap();
+        let indexes: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            indexes,
+            [
+                "certificates_by_ca_key",
+                "certificates_by_expiry",
+                "certificates_by_request"
+            ]
+        );
+        // The copied rows still point at their user, device and CA key.
+        let bad: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_foreign_key_check('certificates')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(bad, 0);
     }
 }

@@ -147,4 +147,44 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX certificates_by_ca_key ON certificates(ca_key_id, valid_before);
     "#,
+    // 5: certificates indexed for what is asked of them. Every question
+    // about a user's or a device's certificates is about the live ones
+    // (revoke, `status`, the KRL), and certificates live minutes: an index
+    // by expiry finds them, and each issuance adds to it near its end. The
+    // indexes by user, by device and on the key id (unique already: it
+    // ends with the serial) each took a page of their own per requester
+    // in every commit, most of what an issuance wrote. The index by
+    // request holds only certificates issued after approval. SQLite cannot
+    // drop the key id's UNIQUE constraint, so the table is copied.
+    r#"
+    CREATE TABLE certificates_v5 (
+        serial      INTEGER PRIMARY KEY CHECK (serial > 0),
+        key_id      TEXT NOT NULL,
+        user_id     INTEGER NOT NULL REFERENCES users(id),
+        device_id   INTEGER NOT NULL REFERENCES devices(id),
+        role        TEXT NOT NULL,
+        ca_key_id   INTEGER NOT NULL REFERENCES ca_keys(id),
+        principals  TEXT NOT NULL,
+        valid_after INTEGER NOT NULL,
+        valid_before INTEGER NOT NULL,
+        issued_at   INTEGER NOT NULL,
+        request_id  TEXT,
+        audit_seq   INTEGER NOT NULL,
+        revoked_at  INTEGER,
+        revoke_reason TEXT,
+        certificate TEXT
+    );
+    INSERT INTO certificates_v5 (serial, key_id, user_id, device_id, role, ca_key_id, principals,
+                                 valid_after, valid_before, issued_at, request_id, audit_seq,
+                                 revoked_at, revoke_reason, certificate)
+        SELECT serial, key_id, user_id, device_id, role, ca_key_id, principals,
+               valid_after, valid_before, issued_at, request_id, audit_seq,
+               revoked_at, revoke_reason, certificate
+        FROM certificates;
+    DROP TABLE certificates;
+    ALTER TABLE certificates_v5 RENAME TO certificates;
+    CREATE INDEX certificates_by_expiry ON certificates(valid_before);
+    CREATE INDEX certificates_by_ca_key ON certificates(ca_key_id, valid_before);
+    CREATE INDEX certificates_by_request ON certificates(request_id) WHERE request_id IS NOT NULL;
+    "#,
 ];
