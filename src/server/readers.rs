@@ -1,52 +1,178 @@
 //! Read-only work on connections of their own, off the async runtime.
+//!
+//! A few threads, each owning one connection, take reads from one queue.
+//! Every request reads the database at least once (its identity at
+//! authentication, its snapshot), so a read is the commonest trip off the
+//! runtime. tokio's blocking pool made each of them a task handed to a
+//! thread woken for it, which then went back to sleep: two wake-ups, a
+//! spawned task and a mutex round trip per read, about a tenth of an
+//! issuance's CPU under load. A thread that finds more reads queued when it
+//! finishes one takes the next without sleeping.
+//!
+//! Several threads, not one: a read that waits on the disk (a cold page of
+//! a large database) holds up only its own thread.
 
-use std::path::{Path, PathBuf};
+use std::panic::{self, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+use std::thread;
 
 use rusqlite::Connection;
+use tokio::sync::oneshot;
 
 use crate::store::{self, StoreError};
 
-/// Idle reader connections are kept up to this many.
-const MAX_IDLE: usize = 16;
+/// A read: runs on a reader thread's connection, or is told there is none.
+type Job = Box<dyn FnOnce(Result<&mut Connection, &StoreError>) + Send>;
 
-/// A small pool of reader connections.
+/// Reader threads: one per core, at least two, at most eight.
+fn thread_count() -> usize {
+    let cores = thread::available_parallelism().map_or(1, |n| n.get());
+    cores.clamp(2, 8)
+}
+
+/// A handle to the reader threads. Cloning it is cheap; the threads stop
+/// when the last handle is dropped.
 #[derive(Clone)]
 pub struct Readers {
-    path: PathBuf,
-    idle: Arc<Mutex<Vec<Connection>>>,
+    jobs: mpsc::Sender<Job>,
 }
 
 impl Readers {
+    /// Starts the reader threads on `path`. Each opens its connection when
+    /// it starts, and again after a read found none: a database that cannot
+    /// be opened fails the reads that need it, with the reason, not the
+    /// start.
     pub fn new(path: &Path) -> Readers {
-        Readers {
-            path: path.to_path_buf(),
-            idle: Arc::default(),
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..thread_count() {
+            let queue = queue.clone();
+            let path = path.to_path_buf();
+            let started = thread::Builder::new()
+                .name(format!("jitca-reader-{i}"))
+                .spawn(move || serve(&path, &queue));
+            if let Err(e) = started {
+                // The threads already started carry the reads; with none,
+                // every read fails with "a database read did not finish".
+                tracing::error!(error = %e, "cannot start a database reader thread");
+            }
         }
+        Readers { jobs }
     }
 
-    /// Runs `f` on a reader connection in the blocking thread pool.
+    /// Runs `f` on a reader connection, on a reader thread.
     pub async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let pool = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let taken = pool.idle.lock().ok().and_then(|mut v| v.pop());
-            let mut conn = match taken {
-                Some(c) => c,
-                None => store::connect(&pool.path)?,
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let out = match conn {
+                Ok(conn) => f(conn),
+                Err(e) => Err(StoreError::invalid(e.to_string())),
             };
-            let out = f(&mut conn);
-            if let Ok(mut idle) = pool.idle.lock() {
-                if idle.len() < MAX_IDLE {
-                    idle.push(conn);
+            let _ = reply.send(out);
+        });
+        let gone = || StoreError::invalid("a database read did not finish: see the daemon log");
+        self.jobs.send(job).map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+}
+
+/// One reader thread: takes reads from the shared queue until every handle
+/// is gone.
+fn serve(path: &Path, queue: &Mutex<mpsc::Receiver<Job>>) {
+    let mut conn = store::connect(path);
+    loop {
+        // The lock is held only while waiting for the next read.
+        let next = match queue.lock() {
+            Ok(queue) => queue.recv(),
+            Err(_) => return,
+        };
+        let Ok(job) = next else { return };
+        if conn.is_err() {
+            conn = store::connect(path);
+        }
+        // A read that panics (a bug) fails alone: its caller hears that it
+        // did not finish, and the connection it may have left inside a
+        // transaction is replaced.
+        let ran = panic::catch_unwind(AssertUnwindSafe(|| match &mut conn {
+            Ok(c) => job(Ok(c)),
+            Err(e) => job(Err(e)),
+        }));
+        if ran.is_err() {
+            tracing::error!("a database read panicked; its connection is reopened");
+            conn = store::connect(path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reads_run_on_every_thread_and_a_failed_read_leaves_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        store::open(&path).unwrap();
+        let readers = Readers::new(&path);
+        let mut tasks = Vec::new();
+        for i in 0..64 {
+            let r = readers.clone();
+            tasks.push(tokio::spawn(async move {
+                r.run(move |c| {
+                    if i % 8 == 0 {
+                        return Err(StoreError::invalid("refused"));
+                    }
+                    let v: i64 = c.query_row("SELECT ?1 + 1", [i], |r| r.get(0))?;
+                    Ok(v)
+                })
+                .await
+            }));
+        }
+        let mut ok = 0;
+        for (i, t) in tasks.into_iter().enumerate() {
+            match t.await.unwrap() {
+                Ok(v) => {
+                    assert_eq!(v, i as i64 + 1);
+                    ok += 1;
                 }
+                Err(e) => assert_eq!(e.to_string(), "refused"),
             }
-            out
-        })
-        .await
-        .map_err(|e| StoreError::invalid(format!("a database read did not finish: {e}")))?
+        }
+        assert_eq!(ok, 56);
+    }
+
+    #[tokio::test]
+    async fn a_database_that_cannot_be_opened_fails_each_read_with_its_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory is not a database file.
+        let readers = Readers::new(dir.path());
+        let err = readers.run(|_| Ok(())).await.unwrap_err();
+        assert!(
+            err.to_string().contains("cannot open database"),
+            "unexpected error: {err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_panicking_read_fails_alone_and_the_threads_carry_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        store::open(&path).unwrap();
+        let readers = Readers::new(&path);
+        for _ in 0..thread_count() * 2 {
+            let r: Result<(), StoreError> = readers.run(|_| panic!("a bug in a read")).await;
+            assert!(r.is_err());
+        }
+        let v: i64 = readers
+            .run(|c| Ok(c.query_row("SELECT 7", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(v, 7);
     }
 }
