@@ -100,49 +100,53 @@ impl Status {
     }
 }
 
+// The snapshot's fields are declared in alphabetical order: audit records
+// hold them as canonical JSON (keys sorted), written straight from these
+// structs (see `audit::chain::canonical_of`, which checks it in tests).
+
 /// A device attribute together with the time it was reported.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PostureAttr {
-    pub value: AttrValue,
     /// Unix seconds.
     pub reported_at: i64,
+    pub value: AttrValue,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UserSnapshot {
-    pub name: String,
-    pub status: Status,
+    pub attributes: BTreeMap<String, AttrValue>,
     /// Sorted, without duplicates.
     pub groups: Vec<String>,
-    pub attributes: BTreeMap<String, AttrValue>,
+    pub name: String,
+    pub status: Status,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceSnapshot {
-    pub name: String,
     /// `SHA256:...` fingerprint of the enrolled key.
     pub fingerprint: String,
     /// The key's algorithm name, e.g. `ssh-ed25519`.
     pub key_type: String,
-    pub status: Status,
+    pub name: String,
     pub posture: BTreeMap<String, PostureAttr>,
+    pub status: Status,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConnectionSnapshot {
-    pub peer: IpAddr,
     /// Unix seconds: the moment the snapshot was taken.
     pub at: i64,
+    pub peer: IpAddr,
 }
 
 /// Everything a decision is based on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
-    pub user: UserSnapshot,
-    pub device: DeviceSnapshot,
     pub connection: ConnectionSnapshot,
+    pub device: DeviceSnapshot,
     /// Hex sha256 of the policy file the decision was evaluated against.
     pub policy_sha256: String,
+    pub user: UserSnapshot,
 }
 
 /// Why a name was refused.

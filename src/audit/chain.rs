@@ -65,6 +65,22 @@ pub fn canonical(body: &serde_json::Value) -> String {
     serde_json::to_string(body).unwrap_or_else(|_| "null".into())
 }
 
+/// [`canonical`] of `body`, written straight from it, without building the
+/// `serde_json::Value` tree first (on the issuance path that tree cost more
+/// than the signature). `body` and every struct in it must declare their
+/// fields in alphabetical order and keep maps in sorted maps; debug builds,
+/// and so every test that writes such a record, check that the text is
+/// the canonical one.
+pub fn canonical_of<T: serde::Serialize>(body: &T) -> String {
+    let text = serde_json::to_string(body).unwrap_or_else(|_| "null".into());
+    debug_assert_eq!(
+        text,
+        serde_json::to_value(body).map_or_else(|_| "null".into(), |v| canonical(&v)),
+        "an audit body whose fields are not in alphabetical order"
+    );
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

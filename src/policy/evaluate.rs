@@ -18,13 +18,17 @@ use super::posture::posture_rules;
 use super::{Approval, Policy, RequestParams, Role, SourceAddress};
 use crate::model::{Snapshot, Status};
 
+// A decision's fields are declared in alphabetical order: audit records
+// hold them as canonical JSON (keys sorted), written straight from these
+// structs (see `audit::chain::canonical_of`, which checks it in tests).
+
 /// The result of evaluating one role.
 #[derive(Debug, Clone, Serialize)]
 pub struct Decision {
+    pub outcome: Outcome,
     pub role: String,
     /// Every rule checked, in evaluation order.
     pub rules: Vec<RuleResult>,
-    pub outcome: Outcome,
 }
 
 impl Decision {
@@ -37,16 +41,15 @@ impl Decision {
 /// One rule and what was seen when checking it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RuleResult {
+    pub passed: bool,
     /// The rule in words, e.g. `member of one of [dba]`.
     pub rule: String,
-    pub passed: bool,
     /// The value actually seen, e.g. `groups [dev, ops]`.
     pub seen: String,
 }
 
 /// What the evaluation concluded.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "result", rename_all = "kebab-case")]
+#[derive(Debug, Clone)]
 pub enum Outcome {
     /// Every rule passed: issue a certificate with this grant.
     Allow(Grant),
@@ -59,12 +62,6 @@ pub enum Outcome {
 /// What a certificate issued for the decision contains.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Grant {
-    /// The role's principals, never the requester's.
-    pub principals: Vec<String>,
-    /// The granted TTL: requested or the role's default; never above the
-    /// role's `max_ttl`, which validation keeps at or below the global cap.
-    #[serde(serialize_with = "duration::serialize")]
-    pub ttl: Duration,
     #[serde(serialize_with = "duration::serialize")]
     pub backdate: Duration,
     /// PROTOCOL.certkeys critical options: `force-command` (the command),
@@ -73,6 +70,34 @@ pub struct Grant {
     pub critical_options: BTreeMap<String, String>,
     /// Flag extensions, sorted bytewise.
     pub extensions: BTreeSet<String>,
+    /// The role's principals, never the requester's.
+    pub principals: Vec<String>,
+    /// The granted TTL: requested or the role's default; never above the
+    /// role's `max_ttl`, which validation keeps at or below the global cap.
+    #[serde(serialize_with = "duration::serialize")]
+    pub ttl: Duration,
+}
+
+/// An outcome is the grant's (or approval's) fields with its `result`
+/// among them: `{"result": "allow", "ttl": ...}`. Built as a JSON object,
+/// whose keys are kept sorted, so the `result` lands in its sorted place.
+impl Serialize for Outcome {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error;
+        let (result, fields) = match self {
+            Outcome::Allow(grant) => ("allow", serde_json::to_value(grant)),
+            Outcome::Deny => ("deny", Ok(serde_json::json!({}))),
+            Outcome::NeedsApproval { grant, approval } => (
+                "needs-approval",
+                Ok(serde_json::json!({ "grant": grant, "approval": approval })),
+            ),
+        };
+        let mut object = fields.map_err(S::Error::custom)?;
+        if let Some(map) = object.as_object_mut() {
+            map.insert("result".into(), result.into());
+        }
+        object.serialize(serializer)
+    }
 }
 
 /// Evaluates `role` (which belongs to `policy`) against `snapshot`.

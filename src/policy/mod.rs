@@ -92,13 +92,14 @@ pub enum SourceAddress {
     Fixed(Vec<ipnet::IpNet>),
 }
 
-/// A role's approval requirement.
+/// A role's approval requirement (fields in alphabetical order, as audit
+/// records hold them: see `audit::chain::canonical_of`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Approval {
-    /// How many distinct approvers are needed; at least 1.
-    pub count: u32,
     /// Groups approvers are drawn from; non-empty.
     pub approvers: Vec<String>,
+    /// How many distinct approvers are needed; at least 1.
+    pub count: u32,
     /// How long a request waits for its approvals; above zero.
     #[serde(serialize_with = "duration::serialize")]
     pub timeout: Duration,

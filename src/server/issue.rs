@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use russh::keys::{HashAlg, PublicKey};
+use serde::Serialize;
 use serde_json::json;
 
 use super::State;
@@ -279,10 +280,53 @@ async fn record_unknown_role(
 }
 
 fn request_json(params: &RequestParams) -> serde_json::Value {
-    json!({
-        "ttl": params.ttl.map(|t| humantime::format_duration(t).to_string()),
-        "reason": params.reason,
-    })
+    json!(RequestRecord::of(params))
+}
+
+// The audit body of an issuance, written straight to canonical JSON by
+// `audit::chain::canonical_of`: fields in alphabetical order.
+
+/// What the requester asked for.
+#[derive(Serialize)]
+struct RequestRecord<'a> {
+    reason: Option<&'a str>,
+    ttl: Option<String>,
+}
+
+impl RequestRecord<'_> {
+    fn of(params: &RequestParams) -> RequestRecord<'_> {
+        RequestRecord {
+            reason: params.reason.as_deref(),
+            ttl: params
+                .ttl
+                .map(|t| humantime::format_duration(t).to_string()),
+        }
+    }
+}
+
+/// The certificate as issued.
+#[derive(Serialize)]
+struct CertificateRecord<'a> {
+    ca_fingerprint: &'a str,
+    critical_options: &'a std::collections::BTreeMap<String, String>,
+    extensions: &'a std::collections::BTreeSet<String>,
+    key_id: &'a str,
+    principals: &'a [String],
+    serial: u64,
+    subject_fingerprint: String,
+    valid_after: u64,
+    valid_before: u64,
+}
+
+/// An `issued` record's body.
+#[derive(Serialize)]
+struct IssuedRecord<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    break_glass: Option<bool>,
+    certificate: CertificateRecord<'a>,
+    decision: &'a Decision,
+    request: RequestRecord<'a>,
+    snapshot: &'a Snapshot,
 }
 
 /// Everything one issuance is based on.
@@ -386,29 +430,31 @@ async fn sign(state: &State, subject: &PublicKey, spec: &Spec) -> Result<Signed,
     .map_err(|e| StoreError::invalid(e.to_string()))?;
     let line = certificate_line(&cert).map_err(|e| StoreError::invalid(e.to_string()))?;
 
-    let certificate = json!({
-        "serial": serial,
-        "key_id": id,
-        "principals": spec.grant.principals,
-        "valid_after": valid_after,
-        "valid_before": valid_before,
-        "critical_options": spec.grant.critical_options,
-        "extensions": spec.grant.extensions,
-        "ca_fingerprint": ca.fingerprint(),
-        "subject_fingerprint": subject.fingerprint(HashAlg::Sha256).to_string(),
-    });
-    let mut body = json!({
-        "snapshot": spec.snap,
-        "decision": spec.decision,
-        "request": request_json(&spec.params),
-        "certificate": certificate,
-    });
-    if spec.break_glass {
-        body["break_glass"] = json!(true);
-    }
+    let certificate = CertificateRecord {
+        ca_fingerprint: ca.fingerprint(),
+        critical_options: &spec.grant.critical_options,
+        extensions: &spec.grant.extensions,
+        key_id: &id,
+        principals: &spec.grant.principals,
+        serial,
+        subject_fingerprint: subject.fingerprint(HashAlg::Sha256).to_string(),
+        valid_after,
+        valid_before,
+    };
+    let body = IssuedRecord {
+        break_glass: spec.break_glass.then_some(true),
+        certificate,
+        decision: &spec.decision,
+        request: RequestRecord::of(&spec.params),
+        snapshot: &spec.snap,
+    };
     let body = match spec.request_id {
-        Some(_) => Body::Open(body),
-        None => Body::Encoded(audit::chain::canonical(&body)),
+        // Finished in the writer job, which adds the approvers.
+        Some(_) => Body::Open(
+            serde_json::to_value(&body)
+                .map_err(|e| StoreError::invalid(format!("cannot encode the audit record: {e}")))?,
+        ),
+        None => Body::Encoded(audit::chain::canonical_of(&body)),
     };
     Ok(Signed {
         ca_id,
