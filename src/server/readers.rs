@@ -1,6 +1,6 @@
 //! Read-only work on connections of their own, off the async runtime.
 //!
-//! A few threads, each owning one connection, take reads from one queue.
+//! A few threads, each owning one connection and a queue of its own.
 //! Every request reads the database at least once (its identity at
 //! authentication, its snapshot), so a read is the commonest trip off the
 //! runtime. tokio's blocking pool made each of them a task handed to a
@@ -10,12 +10,16 @@
 //! finishes one takes the next without sleeping.
 //!
 //! Several threads, not one: a read that waits on the disk (a cold page of
-//! a large database) holds up only its own thread.
+//! a large database) holds up only its own thread, because each read goes
+//! to the thread with the fewest reads queued or running. (One queue shared
+//! by all the threads, behind a mutex, cost a second wake-up per read: the
+//! threads took turns waiting on the lock.)
 
 use std::panic::{self, AssertUnwindSafe};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::thread;
 
 use rusqlite::Connection;
@@ -32,11 +36,18 @@ fn thread_count() -> usize {
     cores.clamp(2, 8)
 }
 
+/// One reader thread's queue, and how many reads it holds (queued or
+/// running).
+struct Lane {
+    jobs: mpsc::Sender<Job>,
+    load: Arc<AtomicUsize>,
+}
+
 /// A handle to the reader threads. Cloning it is cheap; the threads stop
 /// when the last handle is dropped.
 #[derive(Clone)]
 pub struct Readers {
-    jobs: mpsc::Sender<Job>,
+    lanes: Arc<Vec<Lane>>,
 }
 
 impl Readers {
@@ -45,54 +56,64 @@ impl Readers {
     /// be opened fails the reads that need it, with the reason, not the
     /// start.
     pub fn new(path: &Path) -> Readers {
-        let (jobs, queue) = mpsc::channel::<Job>();
-        let queue = Arc::new(Mutex::new(queue));
+        let mut lanes = Vec::new();
         for i in 0..thread_count() {
-            let queue = queue.clone();
-            let path = path.to_path_buf();
+            let (jobs, queue) = mpsc::channel::<Job>();
+            let load = Arc::new(AtomicUsize::new(0));
+            let (path, held) = (path.to_path_buf(), load.clone());
             let started = thread::Builder::new()
                 .name(format!("jitca-reader-{i}"))
-                .spawn(move || serve(&path, &queue));
-            if let Err(e) = started {
+                .spawn(move || serve(&path, &queue, &held));
+            match started {
+                Ok(_) => lanes.push(Lane { jobs, load }),
                 // The threads already started carry the reads; with none,
                 // every read fails with "a database read did not finish".
-                tracing::error!(error = %e, "cannot start a database reader thread");
+                Err(e) => tracing::error!(error = %e, "cannot start a database reader thread"),
             }
         }
-        Readers { jobs }
+        Readers {
+            lanes: Arc::new(lanes),
+        }
     }
 
-    /// Runs `f` on a reader connection, on a reader thread.
+    /// Runs `f` on a reader connection, on the reader thread with the
+    /// fewest reads in hand.
     pub async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        let gone = || StoreError::invalid("a database read did not finish: see the daemon log");
+        let lane = self
+            .lanes
+            .iter()
+            .min_by_key(|lane| lane.load.load(Ordering::Relaxed))
+            .ok_or_else(gone)?;
         let (reply, answer) = oneshot::channel();
+        let load = lane.load.clone();
         let job: Job = Box::new(move |conn| {
             let out = match conn {
                 Ok(conn) => f(conn),
                 Err(e) => Err(StoreError::invalid(e.to_string())),
             };
+            // Done before the caller hears, so that its next read sees it.
+            load.fetch_sub(1, Ordering::Relaxed);
             let _ = reply.send(out);
         });
-        let gone = || StoreError::invalid("a database read did not finish: see the daemon log");
-        self.jobs.send(job).map_err(|_| gone())?;
+        lane.load.fetch_add(1, Ordering::Relaxed);
+        if lane.jobs.send(job).is_err() {
+            lane.load.fetch_sub(1, Ordering::Relaxed);
+            return Err(gone());
+        }
         answer.await.map_err(|_| gone())?
     }
 }
 
-/// One reader thread: takes reads from the shared queue until every handle
-/// is gone.
-fn serve(path: &Path, queue: &Mutex<mpsc::Receiver<Job>>) {
+/// One reader thread: runs the reads of its queue until every handle is
+/// gone.
+fn serve(path: &Path, queue: &mpsc::Receiver<Job>, load: &AtomicUsize) {
     let mut conn = store::connect(path);
-    loop {
-        // The lock is held only while waiting for the next read.
-        let next = match queue.lock() {
-            Ok(queue) => queue.recv(),
-            Err(_) => return,
-        };
-        let Ok(job) = next else { return };
+    while let Ok(job) = queue.recv() {
         if conn.is_err() {
             conn = store::connect(path);
         }
@@ -104,6 +125,7 @@ fn serve(path: &Path, queue: &Mutex<mpsc::Receiver<Job>>) {
             Err(e) => job(Err(e)),
         }));
         if ran.is_err() {
+            load.fetch_sub(1, Ordering::Relaxed);
             tracing::error!("a database read panicked; its connection is reopened");
             conn = store::connect(path);
         }
@@ -145,6 +167,39 @@ mod tests {
             }
         }
         assert_eq!(ok, 56);
+    }
+
+    #[tokio::test]
+    async fn a_read_stuck_on_one_thread_does_not_hold_up_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        store::open(&path).unwrap();
+        let readers = Readers::new(&path);
+        // A read that waits (as on a cold disk) until it is let go.
+        let (release, stuck) = std::sync::mpsc::channel::<()>();
+        let slow = {
+            let r = readers.clone();
+            tokio::spawn(async move {
+                r.run(move |_| {
+                    let _ = stuck.recv();
+                    Ok(())
+                })
+                .await
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        for i in 0..20 {
+            let v = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                readers.run(move |c| Ok(c.query_row("SELECT ?1", [i], |r| r.get::<_, i64>(0))?)),
+            )
+            .await
+            .expect("a read queued behind the stuck one");
+            assert_eq!(v.unwrap(), i);
+        }
+        assert!(!slow.is_finished());
+        release.send(()).unwrap();
+        slow.await.unwrap().unwrap();
     }
 
     #[tokio::test]
