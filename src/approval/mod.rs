@@ -331,12 +331,7 @@ pub fn decide(conn: &Connection, id: &str, d: &Decide, now: i64) -> Result<Decid
         return Ok(Decided::NotPending(req.state));
     }
     // The approver was checked on a snapshot; a suspension since then wins.
-    let device: String = conn.query_row(
-        "SELECT name FROM devices WHERE id = ?1",
-        [d.device_id],
-        |r| r.get(0),
-    )?;
-    crate::inventory::still_active(conn, &device)?;
+    crate::inventory::still_active(conn, d.device_id)?;
     let have = |conn: &Connection| -> Result<u32, StoreError> {
         let n: i64 = conn.query_row(
             "SELECT COUNT(*) FROM approvals WHERE request_id = ?1 AND verdict = 'approve'",

@@ -38,29 +38,32 @@ impl Identity {
     }
 }
 
-/// Checks, inside the caller's write transaction, that the device `device`
-/// and its user are still active. The decision was taken on a snapshot read
-/// before the transaction began; a suspension or a disabling that committed
-/// since must win, or its revocation would miss what is issued now.
-pub fn still_active(conn: &Connection, device: &str) -> Result<(), StoreError> {
-    let row: Option<(String, String, String)> = conn
+/// Checks, inside the caller's write transaction, that the device with id
+/// `device_id` and its user are still active, and returns the user's id.
+/// The decision was taken on a snapshot read before the transaction began;
+/// a suspension or a disabling that committed since must win, or its
+/// revocation would miss what is issued now.
+pub fn still_active(conn: &Connection, device_id: i64) -> Result<i64, StoreError> {
+    let row: Option<(i64, String, String, String, String)> = conn
         .prepare_cached(
-            "SELECT u.name, u.status, d.status FROM devices d JOIN users u ON u.id = d.user_id
-             WHERE d.name = ?1",
+            "SELECT u.id, u.name, u.status, d.name, d.status
+             FROM devices d JOIN users u ON u.id = d.user_id WHERE d.id = ?1",
         )?
-        .query_row([device], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .query_row([device_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
         .optional()?;
     match row {
-        Some((_, u, d)) if u == "active" && d == "active" => Ok(()),
-        Some((user, u, _)) if u != "active" => Err(StoreError::Refused(format!(
+        Some((uid, _, u, _, d)) if u == "active" && d == "active" => Ok(uid),
+        Some((_, user, u, _, _)) if u != "active" => Err(StoreError::Refused(format!(
             "user {user} was suspended while the request was being decided"
         ))),
-        Some(_) => Err(StoreError::Refused(format!(
+        Some((_, _, _, device, _)) => Err(StoreError::Refused(format!(
             "device {device} was disabled while the request was being decided"
         ))),
-        None => Err(StoreError::invalid(format!(
-            "device {device} no longer exists"
-        ))),
+        None => Err(StoreError::invalid(
+            "the device was removed while the request was being decided",
+        )),
     }
 }
 
@@ -192,10 +195,13 @@ mod tests {
         assert_eq!(s.user.attributes["team"], AttrValue::Text("db".into()));
         assert_eq!(s.device.posture["disk_encrypted"].reported_at, 5);
         assert_eq!(s.policy_sha256, "abc");
-        assert!(still_active(&conn, "mbp").is_ok());
+        assert_eq!(still_active(&conn, id.device_id).unwrap(), id.user_id);
         set_user_status(&conn, "alice", Status::Inactive, 10).unwrap();
         assert!(
-            matches!(still_active(&conn, "mbp"), Err(StoreError::Refused(_))),
+            matches!(
+                still_active(&conn, id.device_id),
+                Err(StoreError::Refused(_))
+            ),
             "a suspension wins inside the write"
         );
         let id = identity_by_fingerprint(&conn, "SHA256:f").unwrap().unwrap();

@@ -159,6 +159,7 @@ pub async fn request(
     };
 
     let spec = Spec {
+        device_id: who.device_id,
         snap,
         decision,
         grant,
@@ -206,6 +207,7 @@ pub async fn issue_approved(
     // The approvers have spoken: what is issued now is the grant itself.
     decision.outcome = Outcome::Allow(grant.clone());
     let spec = Spec {
+        device_id: who.device_id,
         snap,
         decision,
         grant,
@@ -331,6 +333,8 @@ struct IssuedRecord<'a> {
 
 /// Everything one issuance is based on.
 struct Spec {
+    /// The requester's device: the certificate is for its key.
+    device_id: i64,
     snap: Snapshot,
     decision: Decision,
     grant: Grant,
@@ -363,9 +367,14 @@ enum Body {
     Open(serde_json::Value),
 }
 
+/// What an issuance's records were made from, handed back with the
+/// result: the requester frees it, not the single writer, whose time every
+/// issuance waits on.
+struct Spent(#[allow(dead_code)] Option<Box<(Snapshot, Decision, String)>>);
+
 /// What the writer job made of a signed certificate.
 enum Recorded {
-    Issued(Issued),
+    Issued(Issued, Spent),
     /// It was signed with a key that is no longer the active one: sign again.
     StaleKey(Box<Spec>),
 }
@@ -387,7 +396,8 @@ async fn sign_in_writer(
             .run(move |conn| record(conn, spec, signed))
             .await?
         {
-            Recorded::Issued(issued) => return Ok(issued),
+            // What the records were made from is freed here, not by the writer.
+            Recorded::Issued(issued, _spent) => return Ok(issued),
             Recorded::StaleKey(back) => {
                 state.issuer.forget_key();
                 spec = *back;
@@ -515,7 +525,7 @@ fn record(conn: &Connection, spec: Spec, signed: Signed) -> Result<Recorded, Sto
             approval::State::Issued => {
                 return already_issued(conn, id)?
                     .filter(|i| !i.line.is_empty())
-                    .map(Recorded::Issued)
+                    .map(|issued| Recorded::Issued(issued, Spent(None)))
                     .ok_or_else(|| {
                         StoreError::invalid(format!(
                             "request {id} was issued, but its certificate is gone"
@@ -536,8 +546,9 @@ fn record(conn: &Connection, spec: Spec, signed: Signed) -> Result<Recorded, Sto
         return Ok(Recorded::StaleKey(Box::new(spec)));
     }
 
-    crate::inventory::still_active(conn, &spec.snap.device.name)?;
+    let user_id = crate::inventory::still_active(conn, spec.device_id)?;
     let Spec {
+        device_id,
         snap,
         decision,
         grant,
@@ -564,39 +575,32 @@ fn record(conn: &Connection, spec: Spec, signed: Signed) -> Result<Recorded, Sto
         .role(&decision.role);
     event.request_id = request_id.clone();
     let seq = audit::append_body(conn, signed.at, &event, &body)?;
-    let inserted = conn
-        .prepare_cached(
-            "INSERT INTO certificates (serial, key_id, user_id, device_id, role, ca_key_id, principals,
+    conn.prepare_cached(
+        "INSERT INTO certificates (serial, key_id, user_id, device_id, role, ca_key_id, principals,
                                    valid_after, valid_before, issued_at, audit_seq, request_id,
                                    certificate)
-         SELECT ?1, ?2, d.user_id, d.id, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?11, ?12
-         FROM devices d WHERE d.name = ?10",
-        )?
-        .execute(params![
-            signed.serial as i64,
-            signed.key_id,
-            decision.role,
-            signed.ca_id,
-            signed.principals,
-            signed.valid_after as i64,
-            signed.valid_before as i64,
-            signed.at,
-            seq,
-            snap.device.name,
-            request_id,
-            // Kept only where `fetch` may have to send it again: a request's.
-            request_id.as_ref().map(|_| &signed.line)
-        ])?;
-    if inserted != 1 {
-        return Err(StoreError::invalid(format!(
-            "device {} was removed while its certificate was being issued",
-            snap.device.name
-        )));
-    }
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?
+    .execute(params![
+        signed.serial as i64,
+        signed.key_id,
+        user_id,
+        device_id,
+        decision.role,
+        signed.ca_id,
+        signed.principals,
+        signed.valid_after as i64,
+        signed.valid_before as i64,
+        signed.at,
+        seq,
+        request_id,
+        // Kept only where `fetch` may have to send it again: a request's.
+        request_id.as_ref().map(|_| &signed.line)
+    ])?;
     if let Some(rid) = &request_id {
         approval::mark_issued(conn, rid, signed.serial, signed.at)?;
     }
-    Ok(Recorded::Issued(Issued {
+    let issued = Issued {
         line: signed.line,
         serial: signed.serial,
         key_id: signed.key_id,
@@ -604,7 +608,11 @@ fn record(conn: &Connection, spec: Spec, signed: Signed) -> Result<Recorded, Sto
         valid_before: signed.valid_before,
         principals: grant.principals,
         again: false,
-    }))
+    };
+    Ok(Recorded::Issued(
+        issued,
+        Spent(Some(Box::new((snap, decision, body)))),
+    ))
 }
 
 #[cfg(test)]
