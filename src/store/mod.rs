@@ -8,6 +8,7 @@
 //! before it reads what it is about to change. Readers use connections of
 //! their own.
 
+mod checkpoint;
 mod schema;
 pub mod writer;
 

@@ -21,9 +21,6 @@ use super::StoreError;
 /// The most jobs committed together.
 pub const MAX_BATCH: usize = 256;
 
-/// The WAL size, in pages, at which the writer's commit checkpoints.
-const WAL_CHECKPOINT_PAGES: i64 = 8_000;
-
 /// What a finished job does once the batch's commit is known.
 type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
 /// A job: runs on the writer's connection, says whether it succeeded, and
@@ -40,15 +37,14 @@ pub struct Writer {
 impl Writer {
     /// Opens a connection to `path` and starts the writer thread on it.
     pub fn spawn(path: &Path) -> Result<Writer, StoreError> {
-        let conn = super::connect(path)?;
-        // SQLite copies the WAL back into the database file (a checkpoint,
-        // with two fsyncs) inside the commit that makes the WAL reach this
-        // many pages. Issuance rewrites the same few pages batch after
-        // batch (the tails of the audit and certificate tables, one leaf
-        // per requester in each index), so a longer WAL coalesces more of
-        // them into one write: 8,000 pages is about 32 MB of WAL, kept at
-        // most at 64 MB on disk.
-        conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
+        let mut conn = super::connect(path)?;
+        // Checkpoints run on a thread of their own (see `checkpoint`). The
+        // WAL starts over every 8,000 pages or so, about 32 MB: issuance
+        // rewrites the same few pages batch after batch (the tails of the
+        // audit and certificate tables and of their indexes), and a longer
+        // WAL lets a checkpoint copy each of them once. It is kept at most
+        // at 64 MB on disk.
+        super::checkpoint::hand_off(&mut conn, path)?;
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
         let (jobs, queue) = mpsc::channel::<Job>();
         thread::Builder::new()
