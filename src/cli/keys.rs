@@ -126,10 +126,11 @@ pub fn init(paths: &Paths) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Threads for blocking work, at most: the database reads, which are short
-/// and mostly CPU. Twice the cores, at least 4, leaves room to overlap a read
-/// that waits on the disk; tokio's default of 512 let a burst of logins start
-/// dozens of threads, each keeping a stack and a malloc arena.
+/// Threads for tokio's blocking work, at most. The daemon's database reads
+/// have threads of their own (`server::readers`), so little is left for
+/// tokio's pool; the cap keeps it that way: tokio's default of 512 once let
+/// a burst of logins start dozens of threads, each keeping a stack and a
+/// malloc arena.
 fn blocking_threads() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     (2 * cores).max(4)
