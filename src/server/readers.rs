@@ -136,12 +136,17 @@ fn serve(path: &Path, queue: &mpsc::Receiver<Job>, load: &AtomicUsize) {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn reads_run_on_every_thread_and_a_failed_read_leaves_the_rest() {
+    /// Reader threads on a fresh database (kept while the directory is).
+    fn readers() -> (tempfile::TempDir, Readers) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.db");
         store::open(&path).unwrap();
-        let readers = Readers::new(&path);
+        (dir, Readers::new(&path))
+    }
+
+    #[tokio::test]
+    async fn reads_run_on_every_thread_and_a_failed_read_leaves_the_rest() {
+        let (_dir, readers) = readers();
         let mut tasks = Vec::new();
         for i in 0..64 {
             let r = readers.clone();
@@ -171,10 +176,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_read_stuck_on_one_thread_does_not_hold_up_the_others() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("r.db");
-        store::open(&path).unwrap();
-        let readers = Readers::new(&path);
+        let (_dir, readers) = readers();
         // A read that waits (as on a cold disk) until it is let go.
         let (release, stuck) = std::sync::mpsc::channel::<()>();
         let slow = {
@@ -216,10 +218,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_read_fails_alone_and_the_threads_carry_on() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("r.db");
-        store::open(&path).unwrap();
-        let readers = Readers::new(&path);
+        let (_dir, readers) = readers();
         for _ in 0..thread_count() * 2 {
             let r: Result<(), StoreError> = readers.run(|_| panic!("a bug in a read")).await;
             assert!(r.is_err());
