@@ -258,3 +258,45 @@ fn a_connection_opened_before_a_suspension_cannot_run_commands_after_it() {
     assert!(stderr(&out).contains("suspended"), "{}", describe(&out));
     let _ = mux(&["-O", "exit"], "whoami");
 }
+
+#[test]
+fn a_device_past_its_request_allowance_is_refused_with_exit_6_and_audited_once() {
+    let (env, key) = standard_env();
+    let bob = env.keygen("bob_ed25519", KeyKind::Ed25519);
+    env.enrol("bob", &["ops"], "bob-laptop", &bob);
+    env.set_posture("bob-laptop", common::GOOD_POSTURE);
+    let daemon = Daemon::start_with(&env, &["--max-requests-per-minute", "2"]);
+
+    for _ in 0..2 {
+        daemon.request_cert(&env, &key.private, "request shell");
+    }
+    let records_before = env.db_query_i64("SELECT COUNT(*) FROM audit");
+    for _ in 0..3 {
+        let out = ssh_ca(&daemon, &key.private, "request shell");
+        assert_eq!(out.status.code(), Some(6), "{}", describe(&out));
+        let text = stderr(&out);
+        assert!(
+            text.contains("too many requests from device alice-laptop")
+                && text.contains("at most 2 a minute"),
+            "{text}"
+        );
+        assert!(out.stdout.is_empty(), "no certificate: {}", describe(&out));
+    }
+    // Refusals are folded: one record for the three, and no decision.
+    assert_eq!(
+        env.db_query_i64("SELECT COUNT(*) FROM audit") - records_before,
+        1
+    );
+    assert_eq!(
+        env.db_query_i64(
+            "SELECT COUNT(*) FROM audit WHERE kind = 'request-limited' AND device = 'alice-laptop'"
+        ),
+        1
+    );
+    assert_eq!(env.db_query_i64("SELECT COUNT(*) FROM certificates"), 2);
+    // Other devices keep their own allowance, and commands that write no
+    // decision are not counted.
+    daemon.request_cert(&env, &bob.private, "request shell");
+    let out = ssh_ca(&daemon, &key.private, "whoami");
+    assert!(out.status.success(), "{}", describe(&out));
+}

@@ -65,6 +65,7 @@ impl Server {
             .arg(&ca.policy)
             .args(["serve", "--listen", &addr.to_string()])
             .args(["--max-connections", "5000", "--max-per-peer", "5000"])
+            .args(["--max-requests-per-minute", "0"])
             .args(["--idle-timeout", "10m", "--login-grace", "2m"]);
         let (host, _) = jitca::ca::host_key::load_or_create_host_key(&ca.ca_keys)?;
         let log = dir.join(format!("{name}.log"));

@@ -34,6 +34,9 @@ pub struct ServeArgs {
     /// Close a connection that sends nothing for this long
     #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
+    /// Most `request`s one device may make a minute (and in one burst); 0 for no limit
+    #[arg(long, default_value_t = crate::server::DEFAULT_REQUESTS_PER_MINUTE)]
+    max_requests_per_minute: u32,
     /// Keep this file holding the current KRL (for sshd's RevokedKeys on this host, or to publish)
     #[arg(long)]
     krl: Option<PathBuf>,
@@ -165,7 +168,8 @@ pub fn serve(paths: &Paths, args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::info!(dir = %paths.ca_keys.display(), "created host key");
     }
     let (host_key, _) = load_or_create_host_key(&paths.ca_keys)?;
-    let state = State::new(&paths.db, &paths.ca_keys, &paths.policy, policy)?;
+    let mut state = State::new(&paths.db, &paths.ca_keys, &paths.policy, policy)?;
+    state.requests = crate::server::limits::RequestLimiter::new(args.max_requests_per_minute);
 
     // Load the signing key now, so that a bad key file stops the start
     // rather than the first request.

@@ -24,6 +24,8 @@ pub mod exit {
     pub const PENDING: u32 = 4;
     /// The request expired before it was decided or fetched.
     pub const EXPIRED: u32 = 5;
+    /// The device made too many requests; nothing was decided.
+    pub const LIMITED: u32 = 6;
 }
 
 /// The longest command line accepted, in bytes.

@@ -8,6 +8,12 @@
 //! second in all; the next record says how many the cap dropped. Refusals
 //! of enrolled keys (a suspended user, a disabled device) are never dropped
 //! by that cap, so a flood of strangers cannot hide them.
+//!
+//! Requests are limited too: every `request` writes an audit record with a
+//! full snapshot (about 2 KB), so one enrolled device asking in a loop
+//! could grow the log by megabytes a minute. Each device may make
+//! `--max-requests-per-minute` of them in a burst, the allowance coming
+//! back evenly over the minute (a token bucket).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -103,6 +109,73 @@ impl RefusalLimiter {
     }
 }
 
+/// Devices whose request allowance is tracked before full ones are pruned.
+const MAX_DEVICES: usize = 100_000;
+
+/// The request allowance of each device; see the module's documentation.
+pub struct RequestLimiter {
+    /// Requests a device may make per minute, and in one burst; 0: no limit.
+    per_minute: u32,
+    buckets: Mutex<HashMap<i64, Bucket>>,
+}
+
+/// What is left of one device's allowance, as of `at`.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl RequestLimiter {
+    /// At most `per_minute` requests a minute per device; 0 lifts the limit.
+    pub fn new(per_minute: u32) -> RequestLimiter {
+        RequestLimiter {
+            per_minute,
+            buckets: Mutex::default(),
+        }
+    }
+
+    /// The limit, per device and minute (0: none).
+    pub fn per_minute(&self) -> u32 {
+        self.per_minute
+    }
+
+    /// Takes one request from `device`'s allowance, or says how long until
+    /// one is back.
+    pub fn take(&self, device: i64) -> Result<(), Duration> {
+        self.take_at(device, Instant::now())
+    }
+
+    fn take_at(&self, device: i64, now: Instant) -> Result<(), Duration> {
+        if self.per_minute == 0 {
+            return Ok(());
+        }
+        let full = f64::from(self.per_minute);
+        let per_second = full / 60.0;
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return Ok(());
+        };
+        if buckets.len() >= MAX_DEVICES && !buckets.contains_key(&device) {
+            // A full bucket is the same as none.
+            buckets.retain(|_, b| {
+                b.tokens + now.duration_since(b.at).as_secs_f64() * per_second < full
+            });
+        }
+        let bucket = buckets.entry(device).or_insert(Bucket {
+            tokens: full,
+            at: now,
+        });
+        let elapsed = now.duration_since(bucket.at).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * per_second).min(full);
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / per_second))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,5 +254,34 @@ mod tests {
             l.admit_at(ip(), "bob disabled", true, t0),
             Admit::Record { .. }
         ));
+    }
+
+    #[test]
+    fn each_device_gets_its_burst_then_one_request_per_share_of_the_minute() {
+        let l = RequestLimiter::new(6);
+        let t0 = Instant::now();
+        for _ in 0..6 {
+            assert_eq!(l.take_at(1, t0), Ok(()));
+        }
+        let wait = l.take_at(1, t0).unwrap_err();
+        assert_eq!(wait.as_secs(), 10, "one request comes back every 10 s");
+        // Another device has its own allowance.
+        assert_eq!(l.take_at(2, t0), Ok(()));
+        assert!(l.take_at(1, t0 + Duration::from_secs(9)).is_err());
+        assert_eq!(l.take_at(1, t0 + Duration::from_secs(10)), Ok(()));
+        assert!(l.take_at(1, t0 + Duration::from_secs(11)).is_err());
+        // A long pause refills the burst, never beyond it.
+        let later = t0 + Duration::from_secs(3600);
+        for _ in 0..6 {
+            assert_eq!(l.take_at(1, later), Ok(()));
+        }
+        assert!(l.take_at(1, later).is_err());
+    }
+
+    #[test]
+    fn a_limit_of_zero_lets_every_request_through() {
+        let l = RequestLimiter::new(0);
+        let t0 = Instant::now();
+        assert!((0..10_000).all(|_| l.take_at(1, t0).is_ok()));
     }
 }

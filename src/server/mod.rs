@@ -7,7 +7,7 @@
 mod approve;
 pub mod commands;
 pub mod issue;
-mod limits;
+pub mod limits;
 mod readers;
 mod run;
 mod session;
@@ -37,6 +37,9 @@ use crate::policy::Policy;
 use crate::store::writer::Writer;
 pub use readers::Readers;
 
+/// Requests one device may make per minute unless `serve` is told otherwise.
+pub const DEFAULT_REQUESTS_PER_MINUTE: u32 = 60;
+
 /// What every connection shares.
 pub struct State {
     pub policy_path: PathBuf,
@@ -48,6 +51,8 @@ pub struct State {
     /// the writer.
     issuer: signing::Issuer,
     refusals: limits::RefusalLimiter,
+    /// Each device's allowance of `request`s.
+    pub requests: limits::RequestLimiter,
     notifier: Notifier,
     /// Woken whenever a request changes state, so that waiting requesters
     /// look again at once instead of at their next poll.
@@ -69,6 +74,7 @@ impl State {
             signers: Signers::new(ca_dir),
             issuer: signing::Issuer::default(),
             refusals: limits::RefusalLimiter::default(),
+            requests: limits::RequestLimiter::new(DEFAULT_REQUESTS_PER_MINUTE),
             notifier: Notifier::default(),
             changes: Notify::new(),
         })
@@ -120,6 +126,37 @@ impl State {
     /// The work is boxed: the authentication handlers that await this run
     /// inside russh's session future, whose size every connection pays for
     /// as long as it lasts.
+    /// Audits a `request` refused because its device used up its
+    /// allowance: at most once a minute per device (the record counts the
+    /// refusals folded into it), so that the refusals cannot flood the log
+    /// the limit protects.
+    pub async fn record_request_limited(&self, who: &Identity, peer: IpAddr, fingerprint: &str) {
+        let reason = "request rate";
+        let repeats = match self.refusals.admit(peer, fingerprint, reason, true) {
+            limits::Admit::Record { repeats, .. } => repeats,
+            limits::Admit::Drop => return,
+        };
+        let event = Event::new(
+            "request-limited",
+            json!({
+                "peer": peer.to_string(),
+                "fingerprint": fingerprint,
+                "per_minute": self.requests.per_minute(),
+                "repeats_folded_in": repeats,
+            }),
+        )
+        .user(&who.user)
+        .device(&who.device);
+        let at = now_unix();
+        if let Err(e) = self
+            .writer
+            .run(move |c| audit::append(c, at, &event).map(|_| ()))
+            .await
+        {
+            tracing::error!(error = %e, "cannot audit a request refused by the rate limit");
+        }
+    }
+
     pub async fn record_refusal(
         &self,
         peer: IpAddr,

@@ -70,6 +70,20 @@ pub async fn run_command(
             reason,
             wait,
         } => {
+            if let Err(wait) = state.requests.take(who.device_id) {
+                let fingerprint = key.fingerprint(russh::keys::HashAlg::Sha256).to_string();
+                state.record_request_limited(who, peer, &fingerprint).await;
+                tracing::warn!(user = %who.user, device = %who.device, "request refused: rate limit");
+                return Output::stderr(
+                    format!(
+                        "too many requests from device {}: at most {} a minute; try again in {}s\n",
+                        who.device,
+                        state.requests.per_minute(),
+                        wait.as_secs().max(1)
+                    ),
+                    exit::LIMITED,
+                );
+            }
             let params = RequestParams { ttl, reason };
             match issue::request(state, who, key, peer, &role, params).await {
                 Ok(Reply::Issued(i)) => issued_output(&i, &role),
