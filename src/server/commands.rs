@@ -40,7 +40,7 @@ pub const MAX_REASON_CHARS: usize = 500;
     disable_version_flag = true,
     color = clap::ColorChoice::Never,
     about = "jitca: just-in-time SSH certificates. Run these as `ssh -p PORT CA-HOST COMMAND`.",
-    after_help = "Exit status: 0 issued/ok, 1 internal error, 2 usage error, 3 denied, 4 pending approval, 5 expired."
+    after_help = "Exit status: 0 issued/ok, 1 internal error, 2 usage error, 3 denied, 4 pending approval, 5 expired, 6 too many requests."
 )]
 pub struct Remote {
     #[command(subcommand)]
