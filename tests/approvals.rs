@@ -482,3 +482,36 @@ fn waiter_names_both_approvers_once_each_when_they_approve_in_the_same_second() 
     );
     assert_audit_intact(&team.env);
 }
+
+#[test]
+fn pending_reply_names_as_able_to_approve_only_approvers_whose_device_passes_the_approver_posture()
+{
+    let team = Team::new();
+    // carol is in dba-leads, but her only device fails `approver-laptop`.
+    team.env
+        .set_posture("carol-laptop", &["disk_encrypted=false", "os_family=linux"]);
+    let daemon = Daemon::start(&team.env);
+
+    let out = ssh_ca(&daemon, &team.alice.private, "request db --reason INC-1");
+    let err = daemon.expect_refusal(&out, exit::PENDING);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("pending: can approve:"))
+        .unwrap_or_else(|| panic!("no can-approve line:\n{err}"));
+    assert_eq!(
+        line,
+        "pending: can approve: bob; not now (no device passing the approver rules): carol"
+    );
+
+    // And when nobody's device passes, nobody is named as able.
+    team.env
+        .set_posture("bob-laptop", &["disk_encrypted=false", "os_family=linux"]);
+    let out = ssh_ca(&daemon, &team.alice.private, "request db --reason INC-2");
+    let err = daemon.expect_refusal(&out, exit::PENDING);
+    assert!(
+        err.contains(
+            "pending: can approve: nobody now (no device passing the approver rules): bob, carol"
+        ),
+        "{err}"
+    );
+}

@@ -290,6 +290,16 @@ pub fn active_members(
     Ok(names.into_iter().collect())
 }
 
+/// The ids of the active devices of the active user `user`.
+pub fn active_devices_of(conn: &Connection, user: &str) -> Result<Vec<i64>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT d.id FROM devices d JOIN users u ON u.id = d.user_id
+         WHERE u.name = ?1 AND u.status = 'active' AND d.status = 'active' ORDER BY d.id",
+    )?;
+    let ids = stmt.query_map([user], |r| r.get(0))?;
+    Ok(ids.collect::<Result<_, _>>()?)
+}
+
 /// A user as `user list` and `user show` print it.
 #[derive(Debug, Serialize)]
 pub struct UserInfo {

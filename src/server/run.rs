@@ -269,27 +269,72 @@ pub fn issued_output(i: &Issued, role: &str) -> Output {
     }
 }
 
+/// Who can approve a request for `role` by `requester` now: the active
+/// members of `groups` with an active device that passes every approver
+/// rule (the role's `approver_posture` among them), and the members who
+/// have none.
+fn approvers_now(
+    conn: &mut rusqlite::Connection,
+    policy: &crate::policy::Policy,
+    role: &str,
+    groups: &[String],
+    requester: &Identity,
+) -> Result<(Vec<String>, Vec<String>), crate::store::StoreError> {
+    let sha = policy.sha256().to_string();
+    // The approver rules do not look at the connection: any address does.
+    let loopback = IpAddr::from([127, 0, 0, 1]);
+    let (mut able, mut unable) = (Vec::new(), Vec::new());
+    for member in crate::inventory::active_members(conn, groups, requester.user_id)? {
+        let mut passes = false;
+        for device in crate::inventory::active_devices_of(conn, &member)? {
+            let snap = crate::inventory::take_snapshot(conn, device, loopback, now_unix(), &sha)?;
+            let rules = policy
+                .evaluate_approver(role, &snap, &requester.user)
+                .unwrap_or_default();
+            if !rules.is_empty() && rules.iter().all(|r| r.passed) {
+                passes = true;
+                break;
+            }
+        }
+        if passes {
+            able.push(member)
+        } else {
+            unable.push(member)
+        }
+    }
+    Ok((able, unable))
+}
+
 /// What a requester is told when the request waits for approvers.
 async fn pending_output(state: &State, who: &Identity, p: &Pending) -> String {
-    let groups = p.groups.clone();
-    let requester = who.user_id;
-    let approvers = state
+    let (groups, role, requester) = (p.groups.clone(), p.role.clone(), who.clone());
+    let policy = state.policy();
+    let (approvers, unable) = state
         .readers
-        .run(move |conn| crate::inventory::active_members(conn, &groups, requester))
+        .run(move |conn| approvers_now(conn, &policy, &role, &groups, &requester))
         .await
         .unwrap_or_default();
     let now = now_unix();
+    let can = match (approvers.is_empty(), unable.is_empty()) {
+        (true, true) => "nobody yet: ask an operator to fill the approver groups".to_string(),
+        (false, true) => approvers.join(", "),
+        (true, false) => format!(
+            "nobody now (no device passing the approver rules): {}",
+            unable.join(", ")
+        ),
+        (false, false) => format!(
+            "{}; not now (no device passing the approver rules): {}",
+            approvers.join(", "),
+            unable.join(", ")
+        ),
+    };
     format!(
         "pending: request {} for role {} needs {} approval(s) from [{}]\npending: can approve: {}\npending: expires at {} (in {})\npending: wait with: fetch {} --wait\n",
         p.id,
         p.role,
         p.needed,
         p.groups.join(", "),
-        if approvers.is_empty() {
-            "nobody yet: ask an operator to fill the approver groups".into()
-        } else {
-            approvers.join(", ")
-        },
+        can,
         rfc3339(p.deadline.max(0) as u64),
         human(Duration::from_secs(
             p.deadline.saturating_sub(now).max(0) as u64
