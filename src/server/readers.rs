@@ -215,6 +215,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_reader_thread_that_died_gets_no_more_reads() {
+        // A panic outside the read's own catch kills its thread (as a log
+        // line that cannot be written does, in the daemon): here the
+        // panic's payload panics again when the thread drops it.
+        struct PanicsWhenDropped;
+        impl Drop for PanicsWhenDropped {
+            fn drop(&mut self) {
+                panic!("the payload of a panic panics too");
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        store::open(&path).unwrap();
+        let readers = Readers::new(&path);
+        let r: Result<(), StoreError> = readers.run(|_| panic::panic_any(PanicsWhenDropped)).await;
+        assert!(r.is_err());
+        // Wait until that thread (the first: every load was zero) is gone,
+        // without giving it a read: a probe that runs nothing is refused
+        // once its queue is closed.
+        let mut tries = 0;
+        while readers.lanes[0].jobs.send(Box::new(|_| {})).is_ok() {
+            tries += 1;
+            assert!(tries < 500, "the reader thread did not die");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        // Each read, one after another, goes to the least loaded thread:
+        // with every load at zero, the first, whose thread is gone.
+        let read = |i: i64| {
+            readers.run(move |c| Ok(c.query_row("SELECT ?1", [i], |r| r.get::<_, i64>(0))?))
+        };
+        for i in 0..thread_count() as i64 * 4 {
+            assert_eq!(
+                read(i).await.ok(),
+                Some(i),
+                "read {i} went to the dead thread"
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn a_panicking_read_fails_alone_and_the_threads_carry_on() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.db");
