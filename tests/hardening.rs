@@ -300,3 +300,52 @@ fn a_device_past_its_request_allowance_is_refused_with_exit_6_and_audited_once()
     let out = ssh_ca(&daemon, &key.private, "whoami");
     assert!(out.status.success(), "{}", describe(&out));
 }
+
+/// Kills the daemon a test started by hand when the test ends.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn serve_keeps_issuing_when_its_log_cannot_be_written() {
+    // The daemon's log on a full disk: `/dev/full` refuses every write
+    // with "no space left on device". A log line that cannot be written is
+    // lost; it must not panic the thread or the session that logged it.
+    let (env, key) = standard_env();
+    let port = common::net::free_port();
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("open /dev/full");
+    let mut daemon = Killed(
+        env.jitca_command()
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(full)
+            .spawn()
+            .expect("start jitca serve"),
+    );
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let up = common::net::wait_for_ssh_banner(addr, Duration::from_secs(30), || {
+        daemon.0.try_wait().ok().flatten().map(|s| s.to_string())
+    });
+    assert!(up.is_ok(), "serve with a full log did not come up: {up:?}");
+    let mut ssh = std::process::Command::new(common::SSH);
+    ssh.arg("-i")
+        .arg(&key.private)
+        .args(common::daemon::client_options())
+        .args(["-p", &port.to_string(), "-l", "requester", "127.0.0.1"])
+        .arg("request shell");
+    let out = run(&mut ssh, common::daemon::SSH_TIMEOUT);
+    assert!(
+        out.status.success() && common::stdout(&out).contains("-cert-v01@openssh.com "),
+        "no certificate while the log could not be written\n{}",
+        describe(&out)
+    );
+}

@@ -114,10 +114,16 @@ pub fn main() -> ExitCode {
 fn init_tracing(default: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("JITCA_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    // A line that cannot be written (the log's disk is full, its pipe is
+    // closed) is lost. By default the subscriber reports that on stderr
+    // with `eprintln!`, which panics when stderr is what failed: every
+    // thread that logged would die with it, the writer's and the readers'
+    // among them.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(false)
+        .log_internal_errors(false)
         .try_init();
 }
 

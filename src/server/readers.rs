@@ -18,7 +18,7 @@
 use std::panic::{self, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread;
 
@@ -27,8 +27,9 @@ use tokio::sync::oneshot;
 
 use crate::store::{self, StoreError};
 
-/// A read: runs on a reader thread's connection, or is told there is none.
-type Job = Box<dyn FnOnce(Result<&mut Connection, &StoreError>) + Send>;
+/// A read: runs on a reader thread's connection, or is told there is none,
+/// and takes itself off that thread's load (the second argument).
+type Job = Box<dyn FnOnce(Result<&mut Connection, &StoreError>, &AtomicUsize) + Send>;
 
 /// Reader threads: one per core, at least two, at most eight.
 fn thread_count() -> usize {
@@ -36,11 +37,12 @@ fn thread_count() -> usize {
     cores.clamp(2, 8)
 }
 
-/// One reader thread's queue, and how many reads it holds (queued or
-/// running).
+/// One reader thread's queue, how many reads it holds (queued or
+/// running), and whether its thread is known to be gone.
 struct Lane {
     jobs: mpsc::Sender<Job>,
     load: Arc<AtomicUsize>,
+    dead: AtomicBool,
 }
 
 /// A handle to the reader threads. Cloning it is cheap; the threads stop
@@ -65,7 +67,11 @@ impl Readers {
                 .name(format!("jitca-reader-{i}"))
                 .spawn(move || serve(&path, &queue, &held));
             match started {
-                Ok(_) => lanes.push(Lane { jobs, load }),
+                Ok(_) => lanes.push(Lane {
+                    jobs,
+                    load,
+                    dead: AtomicBool::new(false),
+                }),
                 // The threads already started carry the reads; with none,
                 // every read fails with "a database read did not finish".
                 Err(e) => tracing::error!(error = %e, "cannot start a database reader thread"),
@@ -84,14 +90,8 @@ impl Readers {
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let gone = || StoreError::invalid("a database read did not finish: see the daemon log");
-        let lane = self
-            .lanes
-            .iter()
-            .min_by_key(|lane| lane.load.load(Ordering::Relaxed))
-            .ok_or_else(gone)?;
         let (reply, answer) = oneshot::channel();
-        let load = lane.load.clone();
-        let job: Job = Box::new(move |conn| {
+        let mut job: Job = Box::new(move |conn, load| {
             let out = match conn {
                 Ok(conn) => f(conn),
                 Err(e) => Err(StoreError::invalid(e.to_string())),
@@ -100,10 +100,26 @@ impl Readers {
             load.fetch_sub(1, Ordering::Relaxed);
             let _ = reply.send(out);
         });
-        lane.load.fetch_add(1, Ordering::Relaxed);
-        if lane.jobs.send(job).is_err() {
-            lane.load.fetch_sub(1, Ordering::Relaxed);
-            return Err(gone());
+        loop {
+            // A thread that died (a panic outside its read's catch) would
+            // stay the least loaded for good: its queue refuses the read,
+            // which goes to the next thread, and the dead one gets no more.
+            let lane = self
+                .lanes
+                .iter()
+                .filter(|lane| !lane.dead.load(Ordering::Relaxed))
+                .min_by_key(|lane| lane.load.load(Ordering::Relaxed))
+                .ok_or_else(gone)?;
+            lane.load.fetch_add(1, Ordering::Relaxed);
+            match lane.jobs.send(job) {
+                Ok(()) => break,
+                Err(mpsc::SendError(back)) => {
+                    lane.load.fetch_sub(1, Ordering::Relaxed);
+                    lane.dead.store(true, Ordering::Relaxed);
+                    tracing::error!("a database reader thread is gone; its reads go to the others");
+                    job = back;
+                }
+            }
         }
         answer.await.map_err(|_| gone())?
     }
@@ -121,8 +137,8 @@ fn serve(path: &Path, queue: &mpsc::Receiver<Job>, load: &AtomicUsize) {
         // did not finish, and the connection it may have left inside a
         // transaction is replaced.
         let ran = panic::catch_unwind(AssertUnwindSafe(|| match &mut conn {
-            Ok(c) => job(Ok(c)),
-            Err(e) => job(Err(e)),
+            Ok(c) => job(Ok(c), load),
+            Err(e) => job(Err(e), load),
         }));
         if ran.is_err() {
             load.fetch_sub(1, Ordering::Relaxed);
@@ -214,6 +230,46 @@ mod tests {
             err.to_string().contains("cannot open database"),
             "unexpected error: {err}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_reader_thread_that_died_gets_no_more_reads() {
+        // A panic outside the read's own catch kills its thread (as a log
+        // line that cannot be written does, in the daemon): here the
+        // panic's payload panics again when the thread drops it.
+        struct PanicsWhenDropped;
+        impl Drop for PanicsWhenDropped {
+            fn drop(&mut self) {
+                panic!("the payload of a panic panics too");
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        store::open(&path).unwrap();
+        let readers = Readers::new(&path);
+        let r: Result<(), StoreError> = readers.run(|_| panic::panic_any(PanicsWhenDropped)).await;
+        assert!(r.is_err());
+        // Wait until that thread (the first: every load was zero) is gone,
+        // without giving it a read: a probe that runs nothing is refused
+        // once its queue is closed.
+        let mut tries = 0;
+        while readers.lanes[0].jobs.send(Box::new(|_, _| {})).is_ok() {
+            tries += 1;
+            assert!(tries < 500, "the reader thread did not die");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        // Each read, one after another, goes to the least loaded thread:
+        // with every load at zero, the first, whose thread is gone.
+        let read = |i: i64| {
+            readers.run(move |c| Ok(c.query_row("SELECT ?1", [i], |r| r.get::<_, i64>(0))?))
+        };
+        for i in 0..thread_count() as i64 * 4 {
+            assert_eq!(
+                read(i).await.ok(),
+                Some(i),
+                "read {i} went to the dead thread"
+            );
+        }
     }
 
     #[tokio::test]
