@@ -9,7 +9,7 @@
 //! durable, and a failed commit turns every result of the batch into an
 //! error: nothing is reported as written that was not.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread;
 
@@ -46,10 +46,11 @@ impl Writer {
         // at 64 MB on disk.
         super::checkpoint::hand_off(&mut conn, path)?;
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+        let file = OpenedFile::of(path)?;
         let (jobs, queue) = mpsc::channel::<Job>();
         thread::Builder::new()
             .name("jitca-writer".into())
-            .spawn(move || run(conn, queue))
+            .spawn(move || run(conn, queue, &file))
             .map_err(|e| StoreError::invalid(format!("cannot start the writer thread: {e}")))?;
         Ok(Writer { jobs })
     }
@@ -82,7 +83,7 @@ impl Writer {
     }
 }
 
-fn run(conn: Connection, queue: mpsc::Receiver<Job>) {
+fn run(conn: Connection, queue: mpsc::Receiver<Job>, file: &OpenedFile) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -91,11 +92,49 @@ fn run(conn: Connection, queue: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        commit_batch(&conn, batch);
+        commit_batch(&conn, batch, file);
     }
 }
 
-fn commit_batch(conn: &Connection, batch: Vec<Job>) {
+/// The database file the writer opened, to notice it being removed or
+/// replaced under the running daemon: its connection would go on writing
+/// to the old file, which is gone with every record in it at the next
+/// start.
+struct OpenedFile {
+    path: PathBuf,
+    id: (u64, u64),
+}
+
+impl OpenedFile {
+    fn of(path: &Path) -> Result<OpenedFile, StoreError> {
+        let id = Self::id(path)
+            .map_err(|e| StoreError::invalid(format!("cannot read {}: {e}", path.display())))?;
+        Ok(OpenedFile {
+            path: path.to_path_buf(),
+            id,
+        })
+    }
+
+    /// The file's device and inode numbers.
+    fn id(path: &Path) -> std::io::Result<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path)?;
+        Ok((meta.dev(), meta.ino()))
+    }
+
+    /// Fails when the path no longer names the file that was opened.
+    fn check(&self) -> Result<(), String> {
+        match Self::id(&self.path) {
+            Ok(id) if id == self.id => Ok(()),
+            _ => Err(format!(
+                "the database file {} was removed or replaced while jitca ran: restart jitca serve",
+                self.path.display()
+            )),
+        }
+    }
+}
+
+fn commit_batch(conn: &Connection, batch: Vec<Job>, file: &OpenedFile) {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let message = e.to_string();
         // Dropping the jobs unrun closes their reply channels: each caller
@@ -117,8 +156,13 @@ fn commit_batch(conn: &Connection, batch: Vec<Job>) {
         completions.push((ok, completion));
     }
 
-    let commit = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
-    if commit.is_err() {
+    // Fail closed: a commit to a file that is no longer the database would
+    // report records written that no one will ever read.
+    let commit = file
+        .check()
+        .and_then(|()| conn.execute_batch("COMMIT").map_err(|e| e.to_string()));
+    if let Err(e) = &commit {
+        tracing::error!(error = %e, "the batch was not committed");
         let _ = conn.execute_batch("ROLLBACK");
     }
     for (ok, completion) in completions {
@@ -201,5 +245,55 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM user_groups", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 0);
+    }
+
+    #[tokio::test]
+    async fn nothing_is_reported_written_once_the_database_file_is_removed_or_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        super::super::open(&path).unwrap();
+        let writer = Writer::spawn(&path).unwrap();
+        let add = |name: &'static str| {
+            let w = writer.clone();
+            async move {
+                w.run(move |c| {
+                    c.execute(
+                        "INSERT INTO users (name, status, created_at) VALUES (?1, 'active', 0)",
+                        [name],
+                    )?;
+                    Ok(())
+                })
+                .await
+            }
+        };
+        add("before").await.unwrap();
+
+        // Moved away: the writer's connection still has the old file open.
+        let moved = dir.path().join("moved.db");
+        std::fs::rename(&path, &moved).unwrap();
+        let err = add("moved").await.unwrap_err().to_string();
+        assert!(err.contains("was removed or replaced"), "{err}");
+        // Back in place, it is the database again, without what was refused.
+        std::fs::rename(&moved, &path).unwrap();
+        add("back").await.unwrap();
+        let names = {
+            let conn = super::super::connect(&path).unwrap();
+            let mut stmt = conn.prepare("SELECT name FROM users ORDER BY id").unwrap();
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0)).unwrap();
+            rows.collect::<Result<Vec<_>, _>>().unwrap()
+        };
+        assert_eq!(names, ["before", "back"]);
+
+        // Replaced by another database at the same path (its WAL with it).
+        for suffix in ["", "-wal", "-shm"] {
+            let from = dir.path().join(format!("w.db{suffix}"));
+            if from.exists() {
+                std::fs::rename(&from, dir.path().join(format!("old.db{suffix}"))).unwrap();
+            }
+        }
+        super::super::open(&path).unwrap();
+        let err = add("replaced").await.unwrap_err().to_string();
+        assert!(err.contains("restart jitca serve"), "{err}");
+        assert_eq!(count(&path), 0);
     }
 }
