@@ -126,37 +126,6 @@ impl State {
     /// The work is boxed: the authentication handlers that await this run
     /// inside russh's session future, whose size every connection pays for
     /// as long as it lasts.
-    /// Audits a `request` refused because its device used up its
-    /// allowance: at most once a minute per device (the record counts the
-    /// refusals folded into it), so that the refusals cannot flood the log
-    /// the limit protects.
-    pub async fn record_request_limited(&self, who: &Identity, peer: IpAddr, fingerprint: &str) {
-        let reason = "request rate";
-        let repeats = match self.refusals.admit(peer, fingerprint, reason, true) {
-            limits::Admit::Record { repeats, .. } => repeats,
-            limits::Admit::Drop => return,
-        };
-        let event = Event::new(
-            "request-limited",
-            json!({
-                "peer": peer.to_string(),
-                "fingerprint": fingerprint,
-                "per_minute": self.requests.per_minute(),
-                "repeats_folded_in": repeats,
-            }),
-        )
-        .user(&who.user)
-        .device(&who.device);
-        let at = now_unix();
-        if let Err(e) = self
-            .writer
-            .run(move |c| audit::append(c, at, &event).map(|_| ()))
-            .await
-        {
-            tracing::error!(error = %e, "cannot audit a request refused by the rate limit");
-        }
-    }
-
     pub async fn record_refusal(
         &self,
         peer: IpAddr,
@@ -197,13 +166,44 @@ impl State {
         if let Some(w) = who {
             event = event.user(&w.user).device(&w.device);
         }
+        self.append_now(event, "an authentication refusal").await;
+    }
+
+    /// Audits a `request` refused because its device used up its
+    /// allowance: at most once a minute per device (the record counts the
+    /// refusals folded into it), so that the refusals cannot flood the log
+    /// the limit protects.
+    pub async fn record_request_limited(&self, who: &Identity, peer: IpAddr, fingerprint: &str) {
+        let reason = "request rate";
+        let repeats = match self.refusals.admit(peer, fingerprint, reason, true) {
+            limits::Admit::Record { repeats, .. } => repeats,
+            limits::Admit::Drop => return,
+        };
+        let event = Event::new(
+            "request-limited",
+            json!({
+                "peer": peer.to_string(),
+                "fingerprint": fingerprint,
+                "per_minute": self.requests.per_minute(),
+                "repeats_folded_in": repeats,
+            }),
+        )
+        .user(&who.user)
+        .device(&who.device);
+        self.append_now(event, "a request refused by the rate limit")
+            .await;
+    }
+
+    /// Appends `event` to the audit log now; a failure is logged (`what`
+    /// names the record), for records whose loss must not stop the reply.
+    async fn append_now(&self, event: Event, what: &str) {
         let at = now_unix();
         if let Err(e) = self
             .writer
             .run(move |c| audit::append(c, at, &event).map(|_| ()))
             .await
         {
-            tracing::error!(error = %e, "cannot audit an authentication refusal");
+            tracing::error!(error = %e, "cannot audit {what}");
         }
     }
 }
