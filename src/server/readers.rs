@@ -243,10 +243,7 @@ mod tests {
                 panic!("the payload of a panic panics too");
             }
         }
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("r.db");
-        store::open(&path).unwrap();
-        let readers = Readers::new(&path);
+        let (_dir, readers) = readers();
         let r: Result<(), StoreError> = readers.run(|_| panic::panic_any(PanicsWhenDropped)).await;
         assert!(r.is_err());
         // Wait until that thread (the first: every load was zero) is gone,
