@@ -218,7 +218,9 @@ async fn in_process(counts: &Counts, dir: &Path, checks: &mut Vec<Check>) -> any
     inproc::issuance(&state, &ca.requesters, 4, 64).await?;
 
     let one = inproc::issuance(&state, &ca.requesters, 1, counts.issue_one).await?;
+    let written = stats::process_writes();
     let many = inproc::issuance(&state, &ca.requesters, 32, counts.issue_many).await?;
+    let written = stats::process_writes().since(written);
     let commit = inproc::durable_commit(&state, counts.commits).await?;
     let builder = inproc::certificate_builder(&ca, counts.builder)?;
     let (sign, verify) = inproc::ed25519(counts.signatures)?;
@@ -248,6 +250,12 @@ async fn in_process(counts: &Counts, dir: &Path, checks: &mut Vec<Check>) -> any
         "32 requesters vs ssh-keygen per certificate: {:.0}x; vs the raw signature: {:.1}x its cost.",
         keygen.per_op().as_secs_f64() / many.per_op().as_secs_f64().max(1e-12),
         many.per_op().as_secs_f64() / sign.p50.as_secs_f64().max(1e-12),
+    ));
+    t.note(format!(
+        "32 requesters, per certificate: {:.1} KB written to files in {:.1} write calls \
+         (the WAL's frames and the checkpoints' copies).",
+        written.bytes as f64 / 1024.0 / many.count.max(1) as f64,
+        written.calls as f64 / many.count.max(1) as f64,
     ));
     t.print();
 

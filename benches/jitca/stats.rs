@@ -66,6 +66,39 @@ pub fn process_cpu() -> Duration {
     cpu_of("self", false)
 }
 
+/// What this process has written so far through `write` and `pwrite`
+/// calls, from `/proc/self/io` (zero where it cannot be read).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Writes {
+    pub bytes: u64,
+    pub calls: u64,
+}
+
+impl Writes {
+    /// What was written since `before`.
+    pub fn since(self, before: Writes) -> Writes {
+        Writes {
+            bytes: self.bytes.saturating_sub(before.bytes),
+            calls: self.calls.saturating_sub(before.calls),
+        }
+    }
+}
+
+/// This process's [`Writes`] so far.
+pub fn process_writes() -> Writes {
+    let io = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
+    let field = |name: &str| {
+        io.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    Writes {
+        bytes: field("wchar:"),
+        calls: field("syscw:"),
+    }
+}
+
 /// CPU time used by process `pid` (`self` for this one), from
 /// `/proc/PID/stat`: user and system time, in clock ticks of 10 ms; with
 /// `children`, also that of the children it has reaped (sshd's
