@@ -149,26 +149,71 @@ fn record(r: &rusqlite::Row) -> rusqlite::Result<Record> {
     })
 }
 
-/// Records matching `filter`, oldest first.
+/// Records matching `filter`, oldest first (see [`for_each`]).
 pub fn list(conn: &Connection, filter: &Filter) -> Result<Vec<Record>, StoreError> {
-    let sql = format!(
-        "SELECT {COLUMNS} FROM audit
-         WHERE (?1 IS NULL OR user = ?1) AND (?2 IS NULL OR at >= ?2) AND (?3 IS NULL OR kind = ?3)
-           AND (?5 = 0 OR json_extract(body, '$.break_glass') = 1)
-         ORDER BY seq LIMIT ?4"
-    );
-    let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map(
-        params![
-            filter.user,
-            filter.since,
-            filter.kind,
-            filter.limit.unwrap_or(-1),
-            filter.break_glass
-        ],
-        record,
-    )?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let mut out = Vec::new();
+    for_each(conn, filter, |r| {
+        out.push(r);
+        Ok::<_, StoreError>(())
+    })?;
+    Ok(out)
+}
+
+/// Calls `each` with every record matching `filter`, oldest first, one
+/// record in memory at a time (the log grows by a record per decision).
+///
+/// With `since`, the records are found through the index by time and come
+/// in order of time, then sequence; without it, the whole log is read in
+/// sequence order. Only the filters given are in the query, so that
+/// SQLite can use that index: a filter written as `(?1 IS NULL OR ...)`
+/// makes it read every record whatever is asked. There is no index by
+/// user: it cost each issuance a page write of its own (one leaf per
+/// user in every commit), so `user` is checked on the records read.
+pub fn for_each<E: From<StoreError>>(
+    conn: &Connection,
+    filter: &Filter,
+    mut each: impl FnMut(Record) -> Result<(), E>,
+) -> Result<(), E> {
+    let (sql, args) = query(filter);
+    let mut stmt = conn.prepare(&sql).map_err(StoreError::from)?;
+    let mut rows = stmt
+        .query(rusqlite::params_from_iter(args))
+        .map_err(StoreError::from)?;
+    while let Some(row) = rows.next().map_err(StoreError::from)? {
+        each(record(row).map_err(StoreError::from)?)?;
+    }
+    Ok(())
+}
+
+/// The query of [`for_each`] and its parameters: only the filters given.
+fn query(filter: &Filter) -> (String, Vec<rusqlite::types::Value>) {
+    let mut sql = format!("SELECT {COLUMNS} FROM audit WHERE 1");
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    let mut bind = |sql: &mut String, clause: &str, value: rusqlite::types::Value| {
+        args.push(value);
+        sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+    };
+    if let Some(since) = filter.since {
+        bind(&mut sql, " AND at >= ?", since.into());
+    }
+    if let Some(user) = &filter.user {
+        bind(&mut sql, " AND user = ?", user.clone().into());
+    }
+    if let Some(kind) = &filter.kind {
+        bind(&mut sql, " AND kind = ?", kind.clone().into());
+    }
+    if filter.break_glass {
+        sql.push_str(" AND json_extract(body, '$.break_glass') = 1");
+    }
+    sql.push_str(if filter.since.is_some() {
+        " ORDER BY at, seq"
+    } else {
+        " ORDER BY seq"
+    });
+    if let Some(limit) = filter.limit {
+        bind(&mut sql, " LIMIT ?", limit.into());
+    }
+    (sql, args)
 }
 
 /// One record by sequence number.
@@ -307,6 +352,90 @@ mod tests {
         )
         .unwrap();
         assert_eq!(only.iter().map(|r| r.seq).collect::<Vec<_>>(), [3]);
+    }
+
+    #[test]
+    fn listing_applies_every_filter_given_oldest_first() {
+        let (_d, conn) = db();
+        for (at, kind, user) in [
+            (100, "denied", "alice"),
+            (200, "issued", "bob"),
+            (300, "issued", "alice"),
+            (400, "denied", "alice"),
+            (500, "issued", "alice"),
+        ] {
+            append(&conn, at, &Event::new(kind, json!({})).user(user)).unwrap();
+        }
+        let seqs = |filter: Filter| -> Vec<i64> {
+            list(&conn, &filter)
+                .unwrap()
+                .iter()
+                .map(|r| r.seq)
+                .collect()
+        };
+        assert_eq!(seqs(Filter::default()), [1, 2, 3, 4, 5]);
+        assert_eq!(
+            seqs(Filter {
+                user: Some("alice".into()),
+                ..Filter::default()
+            }),
+            [1, 3, 4, 5]
+        );
+        assert_eq!(
+            seqs(Filter {
+                user: Some("alice".into()),
+                since: Some(300),
+                kind: Some("issued".into()),
+                ..Filter::default()
+            }),
+            [3, 5]
+        );
+        assert_eq!(
+            seqs(Filter {
+                since: Some(200),
+                limit: Some(2),
+                ..Filter::default()
+            }),
+            [2, 3]
+        );
+    }
+
+    #[test]
+    fn listing_since_a_time_reads_only_that_span_through_the_index_by_time() {
+        let (_d, conn) = db();
+        let filter = Filter {
+            since: Some(1),
+            user: Some("alice".into()),
+            kind: Some("issued".into()),
+            ..Filter::default()
+        };
+        let steps = crate::store::query_plan(&conn, &query(&filter).0);
+        assert!(
+            steps
+                .iter()
+                .any(|s| s.contains("USING INDEX audit_by_at (at>?)")),
+            "{steps:?}"
+        );
+        assert!(
+            !steps.iter().any(|s| s.contains("TEMP B-TREE")),
+            "the index gives the order: nothing to sort ({steps:?})"
+        );
+    }
+
+    #[test]
+    fn appending_writes_no_index_by_user() {
+        // Each commit rewrote one leaf of such an index per user in it,
+        // most of what an issuance wrote, for a query that did not use it.
+        let (_d, conn) = db();
+        let mut stmt = conn
+            .prepare("SELECT name FROM sqlite_master WHERE tbl_name = 'audit' AND type = 'index'")
+            .unwrap();
+        let indexes: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(indexes, ["audit_by_at"]);
     }
 
     #[test]

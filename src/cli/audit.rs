@@ -11,9 +11,10 @@ use crate::model::now_unix;
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// List records, oldest first
+    /// List records, oldest first; with --since, only the records of that span are read
     List {
-        /// Only records about this user
+        /// Only records about this user (checked on every record read: add --since to read
+        /// only recent ones)
         #[arg(long)]
         user: Option<String>,
         /// Only records since this time: RFC 3339 (2026-12-04T10:00:00Z) or a duration ago (1h)
@@ -61,23 +62,21 @@ pub fn audit(paths: &Paths, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             break_glass,
             json,
         } => {
-            let records = audit::list(
-                &conn,
-                &Filter {
-                    user,
-                    since,
-                    kind,
-                    break_glass,
-                    limit: None,
-                },
-            )?;
-            for r in &records {
+            let filter = Filter {
+                user,
+                since,
+                kind,
+                break_glass,
+                limit: None,
+            };
+            audit::for_each(&conn, &filter, |r| {
                 if json {
-                    println!("{}", serde_json::to_string(r)?);
+                    println!("{}", serde_json::to_string(&r)?);
                 } else {
-                    println!("{}", summary(r));
+                    println!("{}", summary(&r));
                 }
-            }
+                anyhow::Ok(())
+            })?;
         }
         AuditCommand::Show { id } => match audit::get(&conn, id)? {
             Some(r) => println!("{}", serde_json::to_string_pretty(&r)?),
