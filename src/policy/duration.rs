@@ -42,18 +42,24 @@ pub fn format(d: Duration) -> String {
 
 /// [`format`] for a count of seconds.
 pub fn format_secs(total: u64) -> String {
+    use std::fmt::Write;
     let (h, m, s) = (total / 3600, total / 60 % 60, total % 60);
-    let mut parts = Vec::new();
+    let mut out = String::with_capacity(16);
+    // Writing to a String cannot fail.
+    let mut part = |n: u64, unit: char| {
+        let sep = if out.is_empty() { "" } else { " " };
+        let _ = write!(out, "{sep}{n}{unit}");
+    };
     if h > 0 {
-        parts.push(format!("{h}h"));
+        part(h, 'h');
     }
     if m > 0 {
-        parts.push(format!("{m}m"));
+        part(m, 'm');
     }
-    if s > 0 || parts.is_empty() {
-        parts.push(format!("{s}s"));
+    if s > 0 || (h == 0 && m == 0) {
+        part(s, 's');
     }
-    parts.join(" ")
+    out
 }
 
 /// Serializes a duration as its [`format`] text.

@@ -79,24 +79,51 @@ pub struct Grant {
 }
 
 /// An outcome is the grant's (or approval's) fields with its `result`
-/// among them: `{"result": "allow", "ttl": ...}`. Built as a JSON object,
-/// whose keys are kept sorted, so the `result` lands in its sorted place.
+/// among them, keys in sorted order: `{"backdate": ..., "result":
+/// "allow", "ttl": ...}`. Written field by field (no intermediate JSON
+/// tree): an issuance encodes one for its audit record.
 impl Serialize for Outcome {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::Error;
-        let (result, fields) = match self {
-            Outcome::Allow(grant) => ("allow", serde_json::to_value(grant)),
-            Outcome::Deny => ("deny", Ok(serde_json::json!({}))),
-            Outcome::NeedsApproval { grant, approval } => (
-                "needs-approval",
-                Ok(serde_json::json!({ "grant": grant, "approval": approval })),
-            ),
-        };
-        let mut object = fields.map_err(S::Error::custom)?;
-        if let Some(map) = object.as_object_mut() {
-            map.insert("result".into(), result.into());
+        /// An allowed grant: [`Grant`]'s fields with `result` in its place.
+        #[derive(Serialize)]
+        struct Allowed<'a> {
+            #[serde(serialize_with = "duration::serialize")]
+            backdate: Duration,
+            critical_options: &'a BTreeMap<String, String>,
+            extensions: &'a BTreeSet<String>,
+            principals: &'a [String],
+            result: &'static str,
+            #[serde(serialize_with = "duration::serialize")]
+            ttl: Duration,
         }
-        object.serialize(serializer)
+        #[derive(Serialize)]
+        struct Denied {
+            result: &'static str,
+        }
+        #[derive(Serialize)]
+        struct Waiting<'a> {
+            approval: &'a Approval,
+            grant: &'a Grant,
+            result: &'static str,
+        }
+        match self {
+            Outcome::Allow(grant) => Allowed {
+                backdate: grant.backdate,
+                critical_options: &grant.critical_options,
+                extensions: &grant.extensions,
+                principals: &grant.principals,
+                result: "allow",
+                ttl: grant.ttl,
+            }
+            .serialize(serializer),
+            Outcome::Deny => Denied { result: "deny" }.serialize(serializer),
+            Outcome::NeedsApproval { grant, approval } => Waiting {
+                approval,
+                grant,
+                result: "needs-approval",
+            }
+            .serialize(serializer),
+        }
     }
 }
 
@@ -674,5 +701,16 @@ break_glass = true
         assert_eq!(json["outcome"]["approval"]["timeout"], "30m");
         let json = serde_json::to_value(decide("glass", &snapshot(), &no_request())).unwrap();
         assert_eq!(json["outcome"], serde_json::json!({ "result": "deny" }));
+        // Written straight, each outcome is already canonical (keys sorted).
+        for (role, request) in [
+            ("prod-db", no_request()),
+            ("reviewed", with_reason),
+            ("glass", no_request()),
+        ] {
+            let outcome = decide(role, &snapshot(), &request).outcome;
+            let text = serde_json::to_string(&outcome).unwrap();
+            let sorted = crate::audit::chain::canonical(&serde_json::to_value(&outcome).unwrap());
+            assert_eq!(text, sorted, "{role}");
+        }
     }
 }

@@ -111,6 +111,24 @@ pub(crate) struct PostureProfile {
     pub(crate) name: String,
     pub(crate) max_report_age: Duration,
     pub(crate) require: Vec<Requirement>,
+    /// Each requirement as its rule reads in a decision, `posture NAME:
+    /// REQUIREMENT`, written once here rather than at every evaluation.
+    pub(crate) rules: Vec<String>,
+}
+
+impl PostureProfile {
+    pub(crate) fn new(name: String, max_report_age: Duration, require: Vec<Requirement>) -> Self {
+        let rules = require
+            .iter()
+            .map(|r| format!("posture {name}: {r}"))
+            .collect();
+        PostureProfile {
+            name,
+            max_report_age,
+            require,
+            rules,
+        }
+    }
 }
 
 /// What the requester asked for besides the role.

@@ -30,7 +30,7 @@ pub fn posture_rules(
         },
     });
 
-    for req in &profile.require {
+    for (req, rule) in profile.require.iter().zip(&profile.rules) {
         let (passed, seen) = match req.subject {
             Subject::Device => device_check(
                 req,
@@ -45,7 +45,7 @@ pub fn posture_rules(
             },
         };
         rules.push(RuleResult {
-            rule: format!("posture {name}: {req}"),
+            rule: rule.clone(),
             passed,
             seen,
         });

@@ -186,11 +186,8 @@ fn profile(ctx: &mut Ctx<'_>, named: &Named<RawProfile>) -> Option<PostureProfil
         ),
     }
 
-    (ctx.error_count() == before).then(|| PostureProfile {
-        name: name.clone(),
-        max_report_age: max_report_age.unwrap_or_default(),
-        require,
-    })
+    (ctx.error_count() == before)
+        .then(|| PostureProfile::new(name.clone(), max_report_age.unwrap_or_default(), require))
 }
 
 fn role(
