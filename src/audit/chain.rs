@@ -8,6 +8,12 @@
 //! the same way. Changing, inserting or removing any row breaks the chain
 //! at that row.
 //!
+//! Two record formats share the chain. Format 1 (records written before
+//! jitca stored bodies compressed) hashes the body text itself, under the
+//! tag `jitca-audit-v1`; format 2 hashes the text's SHA-256 in its place,
+//! under `jitca-audit-v2` (see [`super::body`]). The tag ties each hash to
+//! its format, so a record cannot be passed off as the other one.
+//!
 //! Limits: the chain is not keyed. It shows any change to a record that is
 //! not followed by rewriting every later record, but someone with write
 //! access to the database file can rewrite a record and recompute the rest
@@ -21,7 +27,16 @@ use sha2::{Digest, Sha256};
 /// The `prev_hash` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-const DOMAIN: &[u8] = b"jitca-audit-v1";
+const DOMAIN_V1: &[u8] = b"jitca-audit-v1";
+const DOMAIN_V2: &[u8] = b"jitca-audit-v2";
+
+/// What of the body the hash covers: the text (format 1) or its SHA-256
+/// (format 2).
+#[derive(Debug, Clone, Copy)]
+pub enum BodyHash<'a> {
+    Text(&'a str),
+    Digest(&'a [u8; 32]),
+}
 
 /// The fields of a record that the hash covers.
 pub struct Fields<'a> {
@@ -32,7 +47,7 @@ pub struct Fields<'a> {
     pub device: Option<&'a str>,
     pub role: Option<&'a str>,
     pub request_id: Option<&'a str>,
-    pub body: &'a str,
+    pub body: BodyHash<'a>,
     pub prev_hash: &'a str,
 }
 
@@ -43,7 +58,10 @@ pub fn hash(f: &Fields) -> String {
         h.update((bytes.len() as u64).to_be_bytes());
         h.update(bytes);
     };
-    field(DOMAIN);
+    field(match f.body {
+        BodyHash::Text(_) => DOMAIN_V1,
+        BodyHash::Digest(_) => DOMAIN_V2,
+    });
     field(&f.seq.to_be_bytes());
     field(&f.at.to_be_bytes());
     field(f.kind.as_bytes());
@@ -54,7 +72,10 @@ pub fn hash(f: &Fields) -> String {
             Some(s) => field(&[b"\x01", s.as_bytes()].concat()),
         }
     }
-    field(f.body.as_bytes());
+    field(match f.body {
+        BodyHash::Text(text) => text.as_bytes(),
+        BodyHash::Digest(digest) => digest,
+    });
     field(f.prev_hash.as_bytes());
     hex::encode(h.finalize())
 }
@@ -101,7 +122,7 @@ mod tests {
             device: None,
             role: None,
             request_id: None,
-            body,
+            body: BodyHash::Text(body),
             prev_hash: GENESIS,
         }
     }
@@ -113,6 +134,15 @@ mod tests {
         assert_ne!(base, hash(&fields("{}", Some("alicf"))));
         assert_ne!(base, hash(&fields("{}", None)));
         assert_ne!(hash(&fields("{}", None)), hash(&fields("{}", Some(""))));
+    }
+
+    #[test]
+    fn the_two_formats_hash_differently_for_the_same_record() {
+        let text = "{}";
+        let digest = super::super::body::digest(text);
+        let mut v2 = fields(text, Some("alice"));
+        v2.body = BodyHash::Digest(&digest);
+        assert_ne!(hash(&fields(text, Some("alice"))), hash(&v2));
     }
 
     #[test]

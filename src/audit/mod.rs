@@ -6,12 +6,19 @@
 //! without its record. Audit records are not log lines: they live in the
 //! database, and `jitca audit` reads them.
 
+pub mod body;
 pub mod chain;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use crate::store::StoreError;
+pub use body::Sealed;
+
+/// The format new records are written in (the `format` column): the body
+/// stored compressed, the chain hashing its digest. Format 1, the body as
+/// text hashed whole, is still read and verified.
+pub const FORMAT: i64 = 2;
 
 /// A record about to be appended.
 #[derive(Debug, Clone, Default)]
@@ -68,18 +75,23 @@ pub struct Record {
 /// its sequence number. The caller's transaction must hold the write lock
 /// (`BEGIN IMMEDIATE`), so the chain's head cannot move underneath it.
 pub fn append(conn: &Connection, at: i64, event: &Event) -> Result<i64, StoreError> {
-    append_body(conn, at, event, &chain::canonical(&event.body))
+    append_sealed(conn, at, event, &seal(&event.body))
 }
 
-/// [`append`] with the record's body already encoded by
-/// [`chain::canonical`] (`event.body` itself is not read): the daemon
-/// encodes an issuance's body before its writer job, so that the single
-/// writer does not spend its time serialising snapshots.
-pub fn append_body(
+/// The body of an event, sealed for [`append_sealed`].
+pub fn seal(body: &serde_json::Value) -> Sealed {
+    Sealed::of(&chain::canonical(body))
+}
+
+/// [`append`] with the record's body already sealed (`event.body` itself is
+/// not read): the daemon seals a decision's body on the requester's task,
+/// so that the single writer, which every decision waits for, only hashes
+/// the record's short fields and stores bytes.
+pub fn append_sealed(
     conn: &Connection,
     at: i64,
     event: &Event,
-    body: &str,
+    body: &Sealed,
 ) -> Result<i64, StoreError> {
     // Cached statements: the daemon's writer appends for every decision.
     let head: Option<(i64, String)> = conn
@@ -98,12 +110,13 @@ pub fn append_body(
         device: event.device.as_deref(),
         role: event.role.as_deref(),
         request_id: event.request_id.as_deref(),
-        body,
+        body: chain::BodyHash::Digest(&body.digest),
         prev_hash: &prev_hash,
     });
     conn.prepare_cached(
-        "INSERT INTO audit (seq, at, kind, user, device, role, request_id, body, prev_hash, hash)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        "INSERT INTO audit (seq, at, kind, user, device, role, request_id, body, prev_hash, hash,
+                            format)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?
     .execute(params![
         seq,
@@ -113,9 +126,10 @@ pub fn append_body(
         event.device,
         event.role,
         event.request_id,
-        body,
+        body.stored,
         prev_hash,
-        hash
+        hash,
+        FORMAT
     ])?;
     Ok(seq)
 }
@@ -128,13 +142,34 @@ pub struct Filter {
     pub kind: Option<String>,
     /// Only records flagged as uses of a break-glass role.
     pub break_glass: bool,
-    pub limit: Option<i64>,
 }
 
-const COLUMNS: &str = "seq, at, kind, user, device, role, request_id, body, prev_hash, hash";
+const COLUMNS: &str =
+    "seq, at, kind, user, device, role, request_id, body, prev_hash, hash, format";
+
+/// The text of the body in column 7 of a row, by the record's format
+/// (column 10); `Err` names what is wrong with it.
+fn body_text(r: &rusqlite::Row) -> rusqlite::Result<Result<String, String>> {
+    use rusqlite::types::ValueRef;
+    let format: i64 = r.get(10)?;
+    Ok(match (format, r.get_ref(7)?) {
+        (1, ValueRef::Text(t)) => {
+            String::from_utf8(t.to_vec()).map_err(|_| "the body is not UTF-8 text".into())
+        }
+        (FORMAT, ValueRef::Blob(b)) => body::open(b),
+        (1 | FORMAT, _) => Err(format!(
+            "the body is not stored as format {format} stores it: the record was altered"
+        )),
+        _ => Err(format!("unknown record format {format}")),
+    })
+}
 
 fn record(r: &rusqlite::Row) -> rusqlite::Result<Record> {
-    let body: String = r.get(7)?;
+    let body = match body_text(r)? {
+        Ok(text) => serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        // Listed as it is found; `audit verify` names the record.
+        Err(problem) => serde_json::Value::String(format!("(unreadable body: {problem})")),
+    };
     Ok(Record {
         seq: r.get(0)?,
         at: r.get(1)?,
@@ -143,7 +178,7 @@ fn record(r: &rusqlite::Row) -> rusqlite::Result<Record> {
         device: r.get(4)?,
         role: r.get(5)?,
         request_id: r.get(6)?,
-        body: serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
+        body,
         prev_hash: r.get(8)?,
         hash: r.get(9)?,
     })
@@ -180,7 +215,12 @@ pub fn for_each<E: From<StoreError>>(
         .query(rusqlite::params_from_iter(args))
         .map_err(StoreError::from)?;
     while let Some(row) = rows.next().map_err(StoreError::from)? {
-        each(record(row).map_err(StoreError::from)?)?;
+        let record = record(row).map_err(StoreError::from)?;
+        // The flag is in the (compressed) body: checked once decoded.
+        if filter.break_glass && record.body.get("break_glass") != Some(&true.into()) {
+            continue;
+        }
+        each(record)?;
     }
     Ok(())
 }
@@ -203,16 +243,14 @@ fn query(filter: &Filter) -> (String, Vec<rusqlite::types::Value>) {
         bind(&mut sql, " AND kind = ?", kind.clone().into());
     }
     if filter.break_glass {
-        sql.push_str(" AND json_extract(body, '$.break_glass') = 1");
+        // Only issuances are flagged; the flag itself is checked on each.
+        sql.push_str(" AND kind = 'issued'");
     }
     sql.push_str(if filter.since.is_some() {
         " ORDER BY at, seq"
     } else {
         " ORDER BY seq"
     });
-    if let Some(limit) = filter.limit {
-        bind(&mut sql, " LIMIT ?", limit.into());
-    }
     (sql, args)
 }
 
@@ -256,7 +294,7 @@ pub fn verify(conn: &Connection) -> Result<Verdict, StoreError> {
         let fields = (|| -> Result<_, ()> {
             let need = |v: Option<String>| v.ok_or(());
             Ok((
-                need(text(7)?)?,
+                row.get::<_, i64>(10).map_err(|_| ())?,
                 need(text(8)?)?,
                 need(text(9)?)?,
                 text(3)?,
@@ -267,11 +305,23 @@ pub fn verify(conn: &Connection) -> Result<Verdict, StoreError> {
                 row.get::<_, i64>(1).map_err(|_| ())?,
             ))
         })();
-        let Ok((body, prev_hash, stored, user, device, role, request_id, kind, at)) = fields else {
+        let Ok((format, prev_hash, stored, user, device, role, request_id, kind, at)) = fields
+        else {
             return Ok(Verdict::Broken {
                 seq,
                 problem: "a field holds a value of the wrong type: the record was altered".into(),
             });
+        };
+        let body = match body_text(row)? {
+            Ok(body) => body,
+            Err(problem) => return Ok(Verdict::Broken { seq, problem }),
+        };
+        let digest;
+        let body = if format == 1 {
+            chain::BodyHash::Text(&body)
+        } else {
+            digest = body::digest(&body);
+            chain::BodyHash::Digest(&digest)
         };
         if seq != expected_seq {
             return Ok(Verdict::Broken {
@@ -295,7 +345,7 @@ pub fn verify(conn: &Connection) -> Result<Verdict, StoreError> {
             device: device.as_deref(),
             role: role.as_deref(),
             request_id: request_id.as_deref(),
-            body: &body,
+            body,
             prev_hash: &prev_hash,
         });
         if computed != stored {
@@ -331,6 +381,109 @@ mod tests {
             let ev = Event::new("denied", json!({"i": i})).user("alice");
             append(conn, 100 + i, &ev).unwrap();
         }
+    }
+
+    /// Appends a record as format 1 wrote it: the body as text, hashed
+    /// whole (the `format` column left at its default).
+    fn append_format_1(conn: &Connection, at: i64, body: &str) {
+        let (seq, prev): (i64, String) = conn
+            .query_row(
+                "SELECT COALESCE(MAX(seq), 0) + 1, COALESCE((SELECT hash FROM audit ORDER BY seq DESC LIMIT 1), ?1) FROM audit",
+                [chain::GENESIS],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        let hash = chain::hash(&chain::Fields {
+            seq,
+            at,
+            kind: "denied",
+            user: Some("alice"),
+            device: None,
+            role: None,
+            request_id: None,
+            body: chain::BodyHash::Text(body),
+            prev_hash: &prev,
+        });
+        conn.execute(
+            "INSERT INTO audit (seq, at, kind, user, body, prev_hash, hash)
+             VALUES (?1, ?2, 'denied', 'alice', ?3, ?4, ?5)",
+            params![seq, at, body, prev, hash],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn records_of_format_1_still_verify_and_read_and_the_chain_goes_on_after_them() {
+        let (_d, conn) = db();
+        append_format_1(&conn, 100, r#"{"i":0}"#);
+        append_format_1(&conn, 101, r#"{"i":1}"#);
+        fill(&conn, 2);
+        let formats: Vec<i64> = conn
+            .prepare("SELECT format FROM audit ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(formats, [1, 1, FORMAT, FORMAT]);
+        assert!(matches!(
+            verify(&conn).unwrap(),
+            Verdict::Intact { records: 4, .. }
+        ));
+        let bodies: Vec<serde_json::Value> = list(&conn, &Filter::default())
+            .unwrap()
+            .into_iter()
+            .map(|r| r.body)
+            .collect();
+        assert_eq!(
+            bodies,
+            [
+                json!({"i": 0}),
+                json!({"i": 1}),
+                json!({"i": 0}),
+                json!({"i": 1})
+            ]
+        );
+    }
+
+    #[test]
+    fn a_record_passed_off_as_the_other_format_is_named() {
+        let (_d, conn) = db();
+        fill(&conn, 3);
+        // Record 2's very text, stored as format 1 stores it, hash untouched.
+        conn.execute_batch("DROP TRIGGER audit_append_only_update;")
+            .unwrap();
+        conn.execute(
+            "UPDATE audit SET body = ?1, format = 1 WHERE seq = 2",
+            [r#"{"i":1}"#],
+        )
+        .unwrap();
+        assert!(matches!(
+            verify(&conn).unwrap(),
+            Verdict::Broken { seq: 2, .. }
+        ));
+    }
+
+    #[test]
+    fn a_body_claiming_more_than_a_record_may_hold_is_named_not_read() {
+        let (_d, conn) = db();
+        fill(&conn, 2);
+        conn.execute_batch(
+            "DROP TRIGGER audit_append_only_update;
+             UPDATE audit SET body = x'ffffffff00' WHERE seq = 2;",
+        )
+        .unwrap();
+        match verify(&conn).unwrap() {
+            Verdict::Broken { seq: 2, problem } => assert!(problem.contains("claims"), "{problem}"),
+            v => panic!("{v:?}"),
+        }
+        // Listing still shows it, saying what is wrong with it.
+        let r = get(&conn, 2).unwrap().unwrap();
+        assert!(
+            r.body.as_str().unwrap().contains("unreadable body"),
+            "{:?}",
+            r.body
+        );
     }
 
     #[test]
@@ -389,14 +542,6 @@ mod tests {
                 ..Filter::default()
             }),
             [3, 5]
-        );
-        assert_eq!(
-            seqs(Filter {
-                since: Some(200),
-                limit: Some(2),
-                ..Filter::default()
-            }),
-            [2, 3]
         );
     }
 
@@ -502,7 +647,7 @@ mod tests {
         // Recompute record 2's own hash after altering it: record 3 still
         // points at the old hash.
         let r = get(&conn, 2).unwrap().unwrap();
-        let body = r#"{"i":42}"#;
+        let body = Sealed::of(r#"{"i":42}"#);
         let h = chain::hash(&chain::Fields {
             seq: 2,
             at: r.at,
@@ -511,14 +656,14 @@ mod tests {
             device: None,
             role: None,
             request_id: None,
-            body,
+            body: chain::BodyHash::Digest(&body.digest),
             prev_hash: &r.prev_hash,
         });
         conn.execute_batch("DROP TRIGGER audit_append_only_update;")
             .unwrap();
         conn.execute(
             "UPDATE audit SET body = ?1, hash = ?2 WHERE seq = 2",
-            params![body, h],
+            params![body.stored, h],
         )
         .unwrap();
         assert!(matches!(

@@ -67,7 +67,6 @@ pub fn audit(paths: &Paths, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                 since,
                 kind,
                 break_glass,
-                limit: None,
             };
             audit::for_each(&conn, &filter, |r| {
                 if json {

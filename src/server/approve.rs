@@ -13,7 +13,7 @@ use super::commands::{ago, exit, human};
 use super::issue::{self, Reply, RequestError, snapshot};
 use super::run::{Output, Progress, denial, issued_output, request_error, rfc3339};
 use crate::approval::{self, Decide, Decided, Request};
-use crate::audit::{self, Event};
+use crate::audit::Event;
 use crate::inventory::Identity;
 use crate::model::now_unix;
 use crate::store::StoreError;
@@ -652,12 +652,7 @@ async fn refuse(
     .device(&req.device)
     .role(&req.role);
     event.request_id = Some(req.id.clone());
-    let at = now_unix();
-    if let Err(e) = state
-        .writer
-        .run(move |c| audit::append(c, at, &event).map(|_| ()))
-        .await
-    {
+    if let Err(e) = state.append(now_unix(), event).await {
         return internal(e);
     }
     Output::stderr(out, exit::DENIED)

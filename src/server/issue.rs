@@ -249,11 +249,7 @@ async fn record_denial(
     .device(&snap.device.name)
     .role(&decision.role);
     event.request_id = request_id;
-    let at = snap.connection.at;
-    state
-        .writer
-        .run(move |conn| audit::append(conn, at, &event).map(|_| ()))
-        .await
+    state.append(snap.connection.at, event).await.map(drop)
 }
 
 /// Audits a request for a role the policy does not define: a decision too.
@@ -274,11 +270,7 @@ async fn record_unknown_role(
     )
     .user(&snap.user.name)
     .device(&snap.device.name);
-    let at = snap.connection.at;
-    state
-        .writer
-        .run(move |conn| audit::append(conn, at, &event).map(|_| ()))
-        .await
+    state.append(snap.connection.at, event).await.map(drop)
 }
 
 fn request_json(params: &RequestParams) -> serde_json::Value {
@@ -358,19 +350,19 @@ struct Signed {
     body: Body,
 }
 
-/// The body of an issuance's audit record, encoded before the writer job
-/// (the single writer should not spend its time serialising snapshots); for
-/// an approved request it is finished inside the job, which reads the
-/// approvers under the write lock.
+/// The body of an issuance's audit record, encoded and sealed before the
+/// writer job (the single writer should not spend its time serialising,
+/// compressing and hashing snapshots); for an approved request it is
+/// finished inside the job, which reads the approvers under the write lock.
 enum Body {
-    Encoded(String),
+    Sealed(audit::Sealed),
     Open(serde_json::Value),
 }
 
 /// What an issuance's records were made from, handed back with the
 /// result: the requester frees it, not the single writer, whose time every
 /// issuance waits on.
-struct Spent(#[allow(dead_code)] Option<Box<(Snapshot, Decision, String)>>);
+struct Spent(#[allow(dead_code)] Option<Box<(Snapshot, Decision, audit::Sealed)>>);
 
 /// What the writer job made of a signed certificate.
 enum Recorded {
@@ -464,7 +456,7 @@ async fn sign(state: &State, subject: &PublicKey, spec: &Spec) -> Result<Signed,
             serde_json::to_value(&body)
                 .map_err(|e| StoreError::invalid(format!("cannot encode the audit record: {e}")))?,
         ),
-        None => Body::Encoded(audit::chain::canonical_of(&body)),
+        None => Body::Sealed(audit::Sealed::of(&audit::chain::canonical_of(&body))),
     };
     Ok(Signed {
         ca_id,
@@ -556,7 +548,7 @@ fn record(conn: &Connection, spec: Spec, signed: Signed) -> Result<Recorded, Sto
         ..
     } = spec;
     let body = match signed.body {
-        Body::Encoded(text) => text,
+        Body::Sealed(sealed) => sealed,
         Body::Open(mut body) => {
             if let Some(rid) = &request_id {
                 let approvers: Vec<String> = approval::verdicts(conn, rid)?
@@ -566,7 +558,7 @@ fn record(conn: &Connection, spec: Spec, signed: Signed) -> Result<Recorded, Sto
                     .collect();
                 body["approvers"] = json!(approvers);
             }
-            audit::chain::canonical(&body)
+            audit::seal(&body)
         }
     };
     let mut event = Event::new("issued", serde_json::Value::Null)
@@ -574,7 +566,7 @@ fn record(conn: &Connection, spec: Spec, signed: Signed) -> Result<Recorded, Sto
         .device(&snap.device.name)
         .role(&decision.role);
     event.request_id = request_id.clone();
-    let seq = audit::append_body(conn, signed.at, &event, &body)?;
+    let seq = audit::append_sealed(conn, signed.at, &event, &body)?;
     conn.prepare_cached(
         "INSERT INTO certificates (serial, key_id, user_id, device_id, role, ca_key_id, principals,
                                    valid_after, valid_before, issued_at, audit_seq, request_id,

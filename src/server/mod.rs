@@ -194,15 +194,21 @@ impl State {
             .await;
     }
 
+    /// Appends `event`, dated `at`, to the audit log in a writer job, and
+    /// returns its sequence number once committed. Its body is sealed
+    /// (encoded, hashed, compressed) here, on the caller's task: the single
+    /// writer only chains and stores it.
+    pub async fn append(&self, at: i64, mut event: Event) -> Result<i64, crate::store::StoreError> {
+        let body = audit::seal(&std::mem::take(&mut event.body));
+        self.writer
+            .run(move |c| audit::append_sealed(c, at, &event, &body))
+            .await
+    }
+
     /// Appends `event` to the audit log now; a failure is logged (`what`
     /// names the record), for records whose loss must not stop the reply.
     async fn append_now(&self, event: Event, what: &str) {
-        let at = now_unix();
-        if let Err(e) = self
-            .writer
-            .run(move |c| audit::append(c, at, &event).map(|_| ()))
-            .await
-        {
+        if let Err(e) = self.append(now_unix(), event).await {
             tracing::error!(error = %e, "cannot audit {what}");
         }
     }

@@ -195,4 +195,10 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     DROP INDEX audit_by_user;
     "#,
+    // 7: record format 2 (see `audit::body`): the body stored compressed,
+    // the chain hashing its digest. The records written before keep
+    // format 1 and still verify as they are.
+    r#"
+    ALTER TABLE audit ADD COLUMN format INTEGER NOT NULL DEFAULT 1;
+    "#,
 ];
