@@ -348,6 +348,8 @@ struct Signed {
     /// The principals as stored in the certificate row (JSON).
     principals: String,
     body: Body,
+    /// The audit record's fields but its body.
+    event: Event,
 }
 
 /// The body of an issuance's audit record, encoded and sealed before the
@@ -360,9 +362,10 @@ enum Body {
 }
 
 /// What an issuance's records were made from, handed back with the
-/// result: the requester frees it, not the single writer, whose time every
+/// result: the requester frees it (the snapshot, the decision, the grant's
+/// maps, the body, the strings), not the single writer, whose time every
 /// issuance waits on.
-struct Spent(#[allow(dead_code)] Option<Box<(Snapshot, Decision, audit::Sealed)>>);
+struct Spent(#[allow(dead_code)] Option<Box<(Spec, audit::Sealed, Event, String)>>);
 
 /// What the writer job made of a signed certificate.
 enum Recorded {
@@ -450,6 +453,11 @@ async fn sign(state: &State, subject: &PublicKey, spec: &Spec) -> Result<Signed,
         request: RequestRecord::of(&spec.params),
         snapshot: &spec.snap,
     };
+    let mut event = Event::new("issued", serde_json::Value::Null)
+        .user(&spec.snap.user.name)
+        .device(&spec.snap.device.name)
+        .role(&spec.decision.role);
+    event.request_id.clone_from(&spec.request_id);
     let body = match spec.request_id {
         // Finished in the writer job, which adds the approvers.
         Some(_) => Body::Open(
@@ -468,6 +476,7 @@ async fn sign(state: &State, subject: &PublicKey, spec: &Spec) -> Result<Signed,
         at,
         principals: serde_json::to_string(&spec.grant.principals).unwrap_or_default(),
         body,
+        event,
     })
 }
 
@@ -504,7 +513,7 @@ fn already_issued(conn: &Connection, request_id: &str) -> Result<Option<Issued>,
 
 /// Stores a signed certificate and its audit record; runs inside the
 /// writer's transaction. Refuses a key that is no longer the active one.
-fn record(conn: &Connection, spec: Spec, signed: Signed) -> Result<Recorded, StoreError> {
+fn record(conn: &Connection, mut spec: Spec, signed: Signed) -> Result<Recorded, StoreError> {
     if let Some(id) = &spec.request_id {
         // Re-read the request under the write lock: a racing fetch may have
         // issued it, or its window may have closed, since it was read.
@@ -539,18 +548,11 @@ fn record(conn: &Connection, spec: Spec, signed: Signed) -> Result<Recorded, Sto
     }
 
     let user_id = crate::inventory::still_active(conn, spec.device_id)?;
-    let Spec {
-        device_id,
-        snap,
-        decision,
-        grant,
-        request_id,
-        ..
-    } = spec;
+    let request_id = spec.request_id.as_deref();
     let body = match signed.body {
         Body::Sealed(sealed) => sealed,
         Body::Open(mut body) => {
-            if let Some(rid) = &request_id {
+            if let Some(rid) = request_id {
                 let approvers: Vec<String> = approval::verdicts(conn, rid)?
                     .into_iter()
                     .filter(|v| v.approve)
@@ -561,12 +563,7 @@ fn record(conn: &Connection, spec: Spec, signed: Signed) -> Result<Recorded, Sto
             audit::seal(&body)
         }
     };
-    let mut event = Event::new("issued", serde_json::Value::Null)
-        .user(&snap.user.name)
-        .device(&snap.device.name)
-        .role(&decision.role);
-    event.request_id = request_id.clone();
-    let seq = audit::append_sealed(conn, signed.at, &event, &body)?;
+    let seq = audit::append_sealed(conn, signed.at, &signed.event, &body)?;
     conn.prepare_cached(
         "INSERT INTO certificates (serial, key_id, user_id, device_id, role, ca_key_id, principals,
                                    valid_after, valid_before, issued_at, audit_seq, request_id,
@@ -577,8 +574,8 @@ fn record(conn: &Connection, spec: Spec, signed: Signed) -> Result<Recorded, Sto
         signed.serial as i64,
         signed.key_id,
         user_id,
-        device_id,
-        decision.role,
+        spec.device_id,
+        spec.decision.role,
         signed.ca_id,
         signed.principals,
         signed.valid_after as i64,
@@ -587,9 +584,9 @@ fn record(conn: &Connection, spec: Spec, signed: Signed) -> Result<Recorded, Sto
         seq,
         request_id,
         // Kept only where `fetch` may have to send it again: a request's.
-        request_id.as_ref().map(|_| &signed.line)
+        request_id.map(|_| &signed.line)
     ])?;
-    if let Some(rid) = &request_id {
+    if let Some(rid) = request_id {
         approval::mark_issued(conn, rid, signed.serial, signed.at)?;
     }
     let issued = Issued {
@@ -598,13 +595,11 @@ fn record(conn: &Connection, spec: Spec, signed: Signed) -> Result<Recorded, Sto
         key_id: signed.key_id,
         valid_after: signed.valid_after,
         valid_before: signed.valid_before,
-        principals: grant.principals,
+        principals: std::mem::take(&mut spec.grant.principals),
         again: false,
     };
-    Ok(Recorded::Issued(
-        issued,
-        Spent(Some(Box::new((snap, decision, body)))),
-    ))
+    let spent = Box::new((spec, body, signed.event, signed.principals));
+    Ok(Recorded::Issued(issued, Spent(Some(spent))))
 }
 
 #[cfg(test)]
