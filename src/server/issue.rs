@@ -79,7 +79,7 @@ pub async fn snapshot(
     let sha = policy.sha256().to_string();
     let snap = state
         .readers
-        .run(move |conn| take_snapshot(conn, device, peer, now_unix(), &sha))
+        .run_here(move |conn| take_snapshot(conn, device, peer, now_unix(), &sha))
         .await?;
     Ok((policy, snap))
 }

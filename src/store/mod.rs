@@ -52,6 +52,17 @@ impl StoreError {
     pub fn invalid(message: impl Into<String>) -> StoreError {
         StoreError::Invalid(message.into())
     }
+
+    /// True when SQLite refused because another connection holds a lock
+    /// (`SQLITE_BUSY`, `SQLITE_LOCKED`): trying again later may succeed.
+    pub fn is_locked(&self) -> bool {
+        use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked};
+        matches!(
+            self,
+            StoreError::Sql(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(e.code, DatabaseBusy | DatabaseLocked)
+        )
+    }
 }
 
 /// How long a connection waits for another writer's lock before giving up.
