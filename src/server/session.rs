@@ -78,7 +78,7 @@ impl Connection {
         match self
             .state
             .readers
-            .run_here(move |conn| identity_by_fingerprint(conn, &fp))
+            .run(move |conn| identity_by_fingerprint(conn, &fp))
             .await
         {
             Ok(found) => found,
@@ -109,7 +109,7 @@ async fn still_allowed(state: &State, key: &PublicKey) -> Result<Identity, Outpu
     let fp = key.fingerprint(HashAlg::Sha256).to_string();
     match state
         .readers
-        .run_here(move |conn| identity_by_fingerprint(conn, &fp))
+        .run(move |conn| identity_by_fingerprint(conn, &fp))
         .await
     {
         Ok(Some(who)) => match who.refusal() {
