@@ -572,15 +572,7 @@ mod tests {
         // Each commit rewrote one leaf of such an index per user in it,
         // most of what an issuance wrote, for a query that did not use it.
         let (_d, conn) = db();
-        let mut stmt = conn
-            .prepare("SELECT name FROM sqlite_master WHERE tbl_name = 'audit' AND type = 'index'")
-            .unwrap();
-        let indexes: Vec<String> = stmt
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        assert_eq!(indexes, ["audit_by_at"]);
+        assert_eq!(crate::store::indexes_of(&conn, "audit"), ["audit_by_at"]);
     }
 
     #[test]

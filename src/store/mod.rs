@@ -177,6 +177,21 @@ pub(crate) fn query_plan(conn: &Connection, sql: &str) -> Vec<String> {
     steps
 }
 
+/// The indexes of `table`, by name (for tests that check what a write
+/// maintains).
+#[cfg(test)]
+pub(crate) fn indexes_of(conn: &Connection, table: &str) -> Vec<String> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE tbl_name = ?1 AND type = 'index' ORDER BY name",
+        )
+        .unwrap();
+    stmt.query_map([table], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,16 +306,8 @@ mod tests {
                 Some("ssh-ed25519-cert-v01@openssh.com AAAA".into())
             )
         );
-        let mut stmt = conn
-            .prepare("SELECT name FROM sqlite_master WHERE tbl_name = 'certificates' AND type = 'index' ORDER BY name")
-            .unwrap();
-        let indexes: Vec<String> = stmt
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
         assert_eq!(
-            indexes,
+            indexes_of(&conn, "certificates"),
             [
                 "certificates_by_ca_key",
                 "certificates_by_expiry",
