@@ -130,3 +130,42 @@ fn audit_show_prints_the_issued_record() {
         "audit show {issued}:\n{out}"
     );
 }
+
+#[test]
+fn audit_list_into_a_reader_that_stops_early_ends_quietly() {
+    // `jitca audit list | head`: once head has its lines and exits, the
+    // next write fails with a broken pipe. That ended in a panic.
+    let (env, _) = standard_env();
+    let conn = rusqlite::Connection::open(&env.db).unwrap();
+    conn.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
+         INSERT INTO audit (at, kind, user, body, prev_hash, hash)
+         SELECT 1700000000 + i, 'denied', 'alice', '{\"i\":' || i || '}', '', '' FROM n",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    for json in [false, true] {
+        let mut cmd = env.jitca_command();
+        cmd.args(["audit", "list"]);
+        if json {
+            cmd.arg("--json");
+        }
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        {
+            use std::io::BufRead;
+            let mut lines = std::io::BufReader::new(child.stdout.take().unwrap());
+            lines.read_line(&mut first).unwrap();
+        } // the read end closes here, with thousands of lines unread
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!first.is_empty(), "no first line");
+        assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}

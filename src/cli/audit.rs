@@ -1,5 +1,6 @@
 //! `jitca audit`: list, show and verify the audit log.
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -68,14 +69,24 @@ pub fn audit(paths: &Paths, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                 kind,
                 break_glass,
             };
-            audit::for_each(&conn, &filter, |r| {
-                if json {
-                    println!("{}", serde_json::to_string(&r)?);
+            // Written line by line as the records are read; a reader that
+            // stops early (`| head`) ends the listing, not with a panic.
+            let mut out = std::io::stdout().lock();
+            let listed = audit::for_each(&conn, &filter, |r| {
+                let line = if json {
+                    serde_json::to_string(&r)?
                 } else {
-                    println!("{}", summary(&r));
-                }
+                    summary(&r)
+                };
+                writeln!(out, "{line}")?;
                 anyhow::Ok(())
-            })?;
+            });
+            match listed {
+                Err(e)
+                    if e.downcast_ref::<std::io::Error>()
+                        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) => {}
+                other => other?,
+            }
         }
         AuditCommand::Show { id } => match audit::get(&conn, id)? {
             Some(r) => println!("{}", serde_json::to_string_pretty(&r)?),
