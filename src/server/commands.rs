@@ -178,6 +178,18 @@ pub fn parse(raw: &[u8]) -> Parsed {
             | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
                 Parsed::Help(e.render().to_string())
             }
+            clap::error::ErrorKind::UnknownArgument
+                if words.iter().any(|w| w == "--reason" || w == "--comment") =>
+            {
+                // `ssh host request r --reason two words` reaches us as
+                // three words after --reason: ssh joins its arguments with
+                // spaces, and the quotes were the local shell's.
+                Parsed::Usage(format!(
+                    "{}a reason or comment of several words needs quotes that reach jitca: \
+                     ssh ... \"request ROLE --reason 'disk full on db1'\"\n",
+                    e.render()
+                ))
+            }
             _ => Parsed::Usage(e.render().to_string()),
         },
     }
@@ -256,6 +268,19 @@ mod tests {
             parse(&vec![b'a'; MAX_COMMAND_BYTES + 1]),
             Parsed::Usage(_)
         ));
+    }
+
+    #[test]
+    fn a_reason_of_several_unquoted_words_is_refused_saying_how_to_quote_it() {
+        let Parsed::Usage(message) = parse(b"request prod-db --reason INC-42: fix orders") else {
+            panic!("several words after --reason must be a usage error");
+        };
+        assert!(message.contains("needs quotes"), "{message}");
+        assert!(message.contains("'disk full on db1'"), "{message}");
+        let Parsed::Usage(message) = parse(b"whoami extra") else {
+            panic!("an extra word must be a usage error");
+        };
+        assert!(!message.contains("needs quotes"), "{message}");
     }
 
     #[test]
