@@ -127,6 +127,10 @@ impl Serialize for Outcome {
     }
 }
 
+/// The rule of a role that requires a reason (`require_reason`, or a
+/// break-glass role): the request must carry one.
+pub const REASON_RULE: &str = "a reason is given";
+
 /// Evaluates `role` (which belongs to `policy`) against `snapshot`.
 pub fn evaluate(
     policy: &Policy,
@@ -191,7 +195,7 @@ pub fn evaluate(
     if role.require_reason || role.break_glass {
         let reason = request.reason.as_deref().map(str::trim).unwrap_or("");
         rules.push(RuleResult {
-            rule: "a reason is given".to_string(),
+            rule: REASON_RULE.to_string(),
             passed: !reason.is_empty(),
             seen: if reason.is_empty() {
                 "none given".to_string()

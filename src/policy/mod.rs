@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 
 use crate::model::Snapshot;
 
-pub use evaluate::{Decision, Grant, Outcome, RuleResult};
+pub use evaluate::{Decision, Grant, Outcome, REASON_RULE, RuleResult};
 
 use requirement::Requirement;
 

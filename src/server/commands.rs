@@ -108,6 +108,12 @@ pub enum Command {
     Explain {
         /// The role, as named in the CA's policy
         role: String,
+        /// Explain a request asking for this TTL
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: Option<Duration>,
+        /// Explain a request giving a reason (some roles require one)
+        #[arg(long, value_parser = parse_reason)]
+        reason: Option<String>,
     },
 }
 

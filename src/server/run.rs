@@ -12,7 +12,7 @@ use super::commands::{Command, ago, exit, human, write_rules};
 use super::issue::{self, Issued, Pending, Reply, RequestError};
 use crate::inventory::Identity;
 use crate::model::now_unix;
-use crate::policy::{Decision, Outcome, RequestParams};
+use crate::policy::{Decision, Outcome, REASON_RULE, RequestParams};
 use crate::store::StoreError;
 
 /// What goes back over the channel.
@@ -150,13 +150,24 @@ pub async fn run_command(
                 }
                 let _ = writeln!(out, "peer:    {}", snap.connection.peer);
                 let _ = writeln!(out, "policy:  sha256 {}", snap.policy_sha256);
-                let _ = writeln!(out, "roles:");
-                let params = RequestParams {
-                    ttl: None,
-                    reason: Some("explain".into()),
-                };
+                let _ = writeln!(out, "roles (what a request now would get):");
                 for role in policy.roles() {
-                    let verdict = match policy.evaluate(&role.name, &snap, &params) {
+                    let plain = policy.evaluate(&role.name, &snap, &RequestParams::default());
+                    let verdict = match plain {
+                        // Only the reason is missing: say what one would get.
+                        Ok(d)
+                            if d.failed().all(|r| r.rule == REASON_RULE)
+                                && d.failed().count() > 0 =>
+                        {
+                            let with = RequestParams {
+                                ttl: None,
+                                reason: Some("given".into()),
+                            };
+                            match policy.evaluate(&role.name, &snap, &with) {
+                                Ok(d) => format!("{} with a --reason", verdict(&d)),
+                                Err(e) => e.to_string(),
+                            }
+                        }
                         Ok(d) => verdict(&d),
                         Err(e) => e.to_string(),
                     };
@@ -166,12 +177,11 @@ pub async fn run_command(
             }
             Err(e) => request_error(RequestError::Internal(e)),
         },
-        Command::Explain { role } => match issue::snapshot(state, who, peer).await {
+        Command::Explain { role, ttl, reason } => match issue::snapshot(state, who, peer).await {
             Ok((policy, snap)) => {
-                let params = RequestParams {
-                    ttl: None,
-                    reason: Some("explain".into()),
-                };
+                // Exactly the request that `request ROLE` with these options
+                // would make: a role that needs a reason fails without one.
+                let params = RequestParams { ttl, reason };
                 match policy.evaluate(&role, &snap, &params) {
                     Ok(d) => {
                         let mut out =
@@ -370,5 +380,61 @@ pub fn request_error(e: RequestError) -> Output {
                 exit::INTERNAL,
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::testutil::state_with_alice;
+
+    /// `whoami` or `explain ...` as alice, from loopback, under a policy
+    /// whose role `fix` needs a reason.
+    async fn ask(line: &str) -> Output {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, key, fp) = state_with_alice(dir.path(), "run.db");
+        std::fs::write(
+            &state.policy_path,
+            "[role.fix]\ngroups = [\"ops\"]\nprincipals = [\"ops\"]\nttl = \"5m\"\nrequire_reason = true\n",
+        )
+        .unwrap();
+        state.reload_policy();
+        let conn = crate::store::connect(&dir.path().join("run.db")).unwrap();
+        let who = crate::inventory::identity_by_fingerprint(&conn, &fp)
+            .unwrap()
+            .unwrap();
+        let super::super::commands::Parsed::Run(cmd) =
+            super::super::commands::parse(line.as_bytes())
+        else {
+            panic!("{line} does not parse");
+        };
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let peer = "127.0.0.1".parse().unwrap();
+        run_command(&state, &who, key.public_key(), peer, cmd, &Progress(tx)).await
+    }
+
+    fn text(out: &Output) -> String {
+        String::from_utf8_lossy(&out.stdout).into_owned() + &out.stderr
+    }
+
+    #[tokio::test]
+    async fn explain_without_a_reason_says_a_role_that_needs_one_would_be_denied() {
+        // It used to evaluate with the reason "explain" and promise a
+        // certificate that `request` then refused.
+        let out = text(&ask("explain fix").await);
+        assert!(out.contains("would be denied"), "{out}");
+        assert!(out.contains("a reason is given"), "{out}");
+        let out = text(&ask("explain fix --reason INC-7").await);
+        assert!(out.contains("would be issued"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn whoami_says_a_role_that_needs_a_reason_is_issued_with_one() {
+        let out = text(&ask("whoami").await);
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with("fix "))
+            .unwrap();
+        assert!(line.ends_with("issued with a --reason"), "{out}");
     }
 }
