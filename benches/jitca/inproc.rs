@@ -9,6 +9,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -23,7 +24,7 @@ use russh::keys::ssh_key::Signature;
 use russh::keys::{Algorithm, PrivateKey};
 
 use crate::setup::{Ca, ROLE, Requester};
-use crate::stats::{Summary, process_cpu};
+use crate::stats::{Rounds, Summary, process_cpu};
 
 /// The peer address in-process requests come from.
 pub const PEER: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -61,26 +62,47 @@ pub async fn issuance(
     concurrency: usize,
     total: usize,
 ) -> anyhow::Result<Summary> {
-    let per_task = total.div_ceil(concurrency).max(1);
+    let mut rounds = Rounds::default();
+    issuance_round(state, requesters, concurrency, total, &mut rounds).await?;
+    Ok(rounds.summary())
+}
+
+/// [`issuance`], added to `rounds`.
+pub async fn issuance_round(
+    state: &Arc<State>,
+    requesters: &[Requester],
+    concurrency: usize,
+    total: usize,
+    rounds: &mut Rounds,
+) -> anyhow::Result<()> {
+    // The requesters take requests from one count, so that all of them
+    // stay busy until the last few (a fixed share each left the fastest
+    // idle at the end, below the concurrency asked for).
+    let left = Arc::new(AtomicUsize::new(total));
     let cpu = process_cpu();
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(concurrency);
     for i in 0..concurrency {
-        let state = state.clone();
+        let (state, left) = (state.clone(), left.clone());
         let who = requesters[i % requesters.len()].clone();
         tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::with_capacity(per_task);
-            for _ in 0..per_task {
+            let mut latencies = Vec::with_capacity(total / concurrency + 1);
+            while left
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+            {
                 latencies.push(request_once(&state, &who).await?);
             }
             anyhow::Ok(latencies)
         }));
     }
-    let mut all = Vec::with_capacity(per_task * concurrency);
+    let mut all = Vec::with_capacity(total);
     for t in tasks {
         all.extend(t.await.context("a requester task panicked")??);
     }
-    Ok(Summary::new(all, 0, started.elapsed()).with_cpu(cpu))
+    let wall = started.elapsed();
+    rounds.add(all, wall, Some(process_cpu().saturating_sub(cpu)));
+    Ok(())
 }
 
 /// Sequential durable commits of one small row through the daemon's
@@ -179,9 +201,16 @@ pub fn certificate_builder(ca: &Ca, count: usize) -> anyhow::Result<Summary> {
     Ok(Summary::new(latencies, 0, started.elapsed()).with_cpu(cpu))
 }
 
-/// `ssh-keygen -s` once per certificate, one after the other, with the
-/// options the `prod-db` role grants: what a shell-script CA does.
-pub fn ssh_keygen(ca: &Ca, dir: &Path, count: usize) -> anyhow::Result<Summary> {
+/// `ssh-keygen -s` once per certificate, `count` times one after the
+/// other, with the options the `prod-db` role grants: what a shell-script
+/// CA does. Serials start at `first_serial`. Added to `rounds`.
+pub fn ssh_keygen_round(
+    ca: &Ca,
+    dir: &Path,
+    first_serial: usize,
+    count: usize,
+    rounds: &mut Rounds,
+) -> anyhow::Result<()> {
     let ca_key = ca.ca_key_file()?;
     let subject = dir.join("ssh-keygen-subject.pub");
     std::fs::write(
@@ -190,7 +219,7 @@ pub fn ssh_keygen(ca: &Ca, dir: &Path, count: usize) -> anyhow::Result<Summary> 
     )?;
     let mut latencies = Vec::with_capacity(count);
     let started = Instant::now();
-    for serial in 1..=count {
+    for serial in first_serial..first_serial + count {
         let t = Instant::now();
         let status = Command::new(crate::SSH_KEYGEN)
             .arg("-q")
@@ -226,5 +255,6 @@ pub fn ssh_keygen(ca: &Ca, dir: &Path, count: usize) -> anyhow::Result<Summary> 
     if !std::fs::read_to_string(&cert)?.starts_with("ssh-ed25519-cert-v01@openssh.com ") {
         bail!("ssh-keygen wrote no certificate to {}", cert.display());
     }
-    Ok(Summary::new(latencies, 0, wall))
+    rounds.add(latencies, wall, None);
+    Ok(())
 }
