@@ -108,12 +108,23 @@ pub fn audit(paths: &Paths, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A record's time as RFC 3339, or as the number stored where that is no
+/// time RFC 3339 can write (before 1970 or after 9999: a record altered by
+/// hand), which `humantime` would panic on.
+fn when(at: i64) -> String {
+    /// 9999-12-31T23:59:59Z.
+    const LAST: i64 = 253_402_300_799;
+    if (0..=LAST).contains(&at) {
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(at as u64))
+            .to_string()
+    } else {
+        format!("(at {at})")
+    }
+}
+
 /// One line per record: sequence, time, kind, subject, and the gist.
 fn summary(r: &Record) -> String {
-    let when = humantime::format_rfc3339_seconds(
-        std::time::UNIX_EPOCH + Duration::from_secs(r.at.max(0) as u64),
-    );
-    let mut line = format!("{:>6} {when} {:<20}", r.seq, r.kind);
+    let mut line = format!("{:>6} {} {:<20}", r.seq, when(r.at), r.kind);
     for (k, v) in [
         ("user", &r.user),
         ("device", &r.device),
@@ -163,4 +174,18 @@ fn summary(r: &Record) -> String {
         _ => {}
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_time_past_year_9999_is_shown_as_stored_instead_of_panicking() {
+        assert_eq!(when(0), "1970-01-01T00:00:00Z");
+        assert_eq!(when(253_402_300_799), "9999-12-31T23:59:59Z");
+        assert_eq!(when(253_402_300_800), "(at 253402300800)");
+        assert_eq!(when(-1), "(at -1)");
+        assert_eq!(when(i64::MAX), format!("(at {})", i64::MAX));
+    }
 }
