@@ -73,20 +73,18 @@ impl Connection {
         }))
     }
 
-    async fn lookup(&self, key: &PublicKey) -> Option<Identity> {
+    /// Who `key` belongs to; `Err` when the database could not say.
+    async fn lookup(&self, key: &PublicKey) -> Result<Option<Identity>, crate::store::StoreError> {
         let fp = key.fingerprint(HashAlg::Sha256).to_string();
-        match self
+        let found = self
             .state
             .readers
             .run(move |conn| identity_by_fingerprint(conn, &fp))
-            .await
-        {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::error!(error = %e, "identity lookup failed; refusing");
-                None
-            }
+            .await;
+        if let Err(e) = &found {
+            tracing::error!(error = %e, "identity lookup failed; refusing");
         }
+        found
     }
 }
 
@@ -138,7 +136,23 @@ impl Handler for Connection {
         _user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        let known = self.lookup(offer.public_key).await;
+        let known = match self.lookup(offer.public_key).await {
+            Ok(known) => known,
+            Err(_) => {
+                // Not "not enrolled": the record must not blame the key.
+                let fp = offer.public_key.fingerprint(HashAlg::Sha256).to_string();
+                self.state
+                    .record_refusal(
+                        self.peer.ip(),
+                        &fp,
+                        offer.algorithm.as_str(),
+                        None,
+                        "the key could not be looked up: a database error (see the daemon log)",
+                    )
+                    .await;
+                return Ok(Auth::reject());
+            }
+        };
         if matches!(offer.algorithm, Algorithm::Rsa { hash: None }) {
             // RFC 8332: ssh-rsa signs with SHA-1, which no longer proves
             // possession. russh still negotiates it, so that an old client's
@@ -177,7 +191,7 @@ impl Handler for Connection {
         _user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        let Some(who) = self.lookup(key.public_key).await else {
+        let Ok(Some(who)) = self.lookup(key.public_key).await else {
             return Ok(Auth::reject());
         };
         if let Some(reason) = who.refusal() {
@@ -537,5 +551,41 @@ mod tests {
         };
         let (stdout, status) = run(&again, "whoami").await;
         assert_eq!(status, Some(0), "{stdout}");
+    }
+
+    #[tokio::test]
+    async fn a_key_that_cannot_be_looked_up_is_refused_without_being_called_not_enrolled() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, key) = daemon(dir.path(), 8).await;
+        // Every identity lookup now fails with a database error.
+        let db = rusqlite::Connection::open(dir.path().join("s.db")).unwrap();
+        db.execute_batch("ALTER TABLE devices RENAME TO devices_gone")
+            .unwrap();
+        let mut handle = client::connect(Arc::new(client::Config::default()), addr, Client)
+            .await
+            .unwrap();
+        let auth = handle
+            .authenticate_publickey(
+                "alice",
+                PrivateKeyWithHashAlg::new(Arc::new(key.clone()), None),
+            )
+            .await
+            .unwrap();
+        assert!(!auth.success(), "a key was let in without its identity");
+        let reasons: Vec<String> = db
+            .prepare("SELECT body FROM audit WHERE kind = 'auth-refused'")
+            .unwrap()
+            .query_map([], |r| r.get::<_, Vec<u8>>(0))
+            .unwrap()
+            .map(|b| crate::audit::body::open(&b.unwrap()).unwrap())
+            .collect();
+        assert!(
+            reasons.iter().any(|b| b.contains("could not be looked up")),
+            "{reasons:?}"
+        );
+        assert!(
+            !reasons.iter().any(|b| b.contains("not enrolled")),
+            "an enrolled key was recorded as not enrolled: {reasons:?}"
+        );
     }
 }
