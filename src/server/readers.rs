@@ -23,8 +23,10 @@
 //! own that never waits for a lock: a read that finds the database locked
 //! (a recovery after a crash, an operator's exclusive lock) is handed to
 //! the reader threads, which wait for it, so that the async runtime is
-//! never held up by a lock. A cold page on a slow disk is what it can still
-//! wait for, on these tables only. The identity lookup at authentication
+//! never held up by a lock. What it can still wait for: a cold page on a
+//! slow disk, on these tables only, and SQLite's own retries while another
+//! process holds the WAL's read locks through a recovery after a crash (up
+//! to about ten seconds, after which the read goes to the reader threads). The identity lookup at authentication
 //! stays on the reader threads: a burst of logins made SQLite allocate on
 //! the runtime's threads, between the connections' own state, and 1,000
 //! idle connections then held 0.9 MB more.
@@ -118,10 +120,7 @@ impl Readers {
         let idle = self.here.lock().ok().and_then(|mut idle| idle.pop());
         let conn = match idle {
             Some(conn) => Ok(conn),
-            None => store::connect(&self.path).and_then(|conn| {
-                conn.busy_timeout(Duration::ZERO)?;
-                Ok(conn)
-            }),
+            None => store::connect_waiting(&self.path, Duration::ZERO),
         };
         let Ok(mut conn) = conn else {
             // The reader threads report why the database cannot be opened.

@@ -54,13 +54,22 @@ impl StoreError {
     }
 
     /// True when SQLite refused because another connection holds a lock
-    /// (`SQLITE_BUSY`, `SQLITE_LOCKED`): trying again later may succeed.
+    /// (`SQLITE_BUSY`, `SQLITE_LOCKED`, or `SQLITE_PROTOCOL`: the WAL's
+    /// read locks stayed taken, as during another process's recovery):
+    /// trying again later may succeed.
     pub fn is_locked(&self) -> bool {
-        use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked};
+        use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked, FileLockingProtocolFailed};
+        let (StoreError::Sql(rusqlite::Error::SqliteFailure(e, _))
+        | StoreError::Open {
+            source: rusqlite::Error::SqliteFailure(e, _),
+            ..
+        }) = self
+        else {
+            return false;
+        };
         matches!(
-            self,
-            StoreError::Sql(rusqlite::Error::SqliteFailure(e, _))
-                if matches!(e.code, DatabaseBusy | DatabaseLocked)
+            e.code,
+            DatabaseBusy | DatabaseLocked | FileLockingProtocolFailed
         )
     }
 }
@@ -70,6 +79,12 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Opens a connection with the pragmas every jitca connection uses.
 pub fn connect(path: &Path) -> Result<Connection, StoreError> {
+    connect_waiting(path, BUSY_TIMEOUT)
+}
+
+/// [`connect`], waiting at most `busy` for another connection's lock, from
+/// the opening's own pragmas on.
+pub fn connect_waiting(path: &Path, busy: Duration) -> Result<Connection, StoreError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -78,7 +93,7 @@ pub fn connect(path: &Path) -> Result<Connection, StoreError> {
         source,
     };
     let conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+    conn.busy_timeout(busy).map_err(open_err)?;
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(open_err)?;
     conn.pragma_update(None, "synchronous", "FULL")
