@@ -8,9 +8,8 @@
 //!
 //! The hash chain does not hash the stored bytes but the text's SHA-256
 //! (record format 2, see [`super::chain`]): the text is what the record
-//! says, and the requester's task computes both the digest and the
-//! compressed form before the single writer's job, which then hashes a
-//! few hundred bytes instead of the whole body.
+//! says, and the chain's hash then covers a few hundred bytes (the digest
+//! and the record's short fields) instead of the whole body.
 //!
 //! Stored form: an LZ4 block (the format of the `lz4` command's frames,
 //! without the frame) preceded by the text's length as a little-endian
@@ -18,9 +17,13 @@
 
 use sha2::{Digest, Sha256};
 
-/// The largest body text a stored record may claim: a body is a few KB,
-/// and a tampered length must not make a reader allocate gigabytes.
-pub const MAX_TEXT_BYTES: usize = 1 << 20;
+/// How much larger than its compressed form a text can be: LZ4 encodes at
+/// best about 255 bytes of a repeated run per input byte. A stored length
+/// beyond that cannot be real, and is refused before anything is
+/// allocated for it: a tampered length must not make a reader allocate
+/// gigabytes. (No fixed cap: a revocation of every live certificate lists
+/// every serial, megabytes of them on a large deployment.)
+const MAX_EXPANSION: usize = 255;
 
 /// A body ready to append: what the chain hashes and what is stored.
 #[derive(Debug, Clone)]
@@ -48,9 +51,11 @@ pub fn open(stored: &[u8]) -> Result<String, String> {
         return Err("the stored body is shorter than its length prefix".into());
     };
     let size = u32::from_le_bytes(*size) as usize;
-    if size > MAX_TEXT_BYTES {
+    let most = block.len().saturating_mul(MAX_EXPANSION).saturating_add(64);
+    if size > most {
         return Err(format!(
-            "the stored body claims {size} bytes, more than the {MAX_TEXT_BYTES} a record may hold"
+            "the stored body claims {size} bytes, more than its {} compressed bytes can hold",
+            block.len()
         ));
     }
     let text = lz4_flex::block::decompress(block, size)
@@ -77,6 +82,18 @@ mod tests {
         assert_eq!(open(&sealed.stored).unwrap(), text);
         assert_eq!(sealed.digest, digest(text));
         assert!(sealed.stored.len() < text.len(), "{}", sealed.stored.len());
+    }
+
+    #[test]
+    fn a_body_over_a_mebibyte_opens() {
+        // A revocation of 160,000 live certificates lists every serial: a
+        // body of more than 1 MiB, which a fixed cap refused to read back.
+        let serials: Vec<String> = (1..200_000).map(|n| n.to_string()).collect();
+        let text = format!("{{\"serials\":[{}]}}", serials.join(","));
+        assert!(text.len() > 1 << 20);
+        assert_eq!(open(&Sealed::of(&text).stored).unwrap(), text);
+        let zeros = "0".repeat(3 << 20);
+        assert_eq!(open(&Sealed::of(&zeros).stored).unwrap(), zeros);
     }
 
     #[test]

@@ -75,18 +75,12 @@ pub struct Record {
 /// its sequence number. The caller's transaction must hold the write lock
 /// (`BEGIN IMMEDIATE`), so the chain's head cannot move underneath it.
 pub fn append(conn: &Connection, at: i64, event: &Event) -> Result<i64, StoreError> {
-    append_sealed(conn, at, event, &seal(&event.body))
-}
-
-/// The body of an event, sealed for [`append_sealed`].
-pub fn seal(body: &serde_json::Value) -> Sealed {
-    Sealed::of(&chain::canonical(body))
+    append_sealed(conn, at, event, &Sealed::of(&chain::canonical(&event.body)))
 }
 
 /// [`append`] with the record's body already sealed (`event.body` itself is
-/// not read): the daemon seals a decision's body on the requester's task,
-/// so that the single writer, which every decision waits for, only hashes
-/// the record's short fields and stores bytes.
+/// not read): an issuance encodes its body from typed records, without a
+/// JSON tree.
 pub fn append_sealed(
     conn: &Connection,
     at: i64,
@@ -151,7 +145,11 @@ const COLUMNS: &str =
 /// (column 10); `Err` names what is wrong with it.
 fn body_text(r: &rusqlite::Row) -> rusqlite::Result<Result<String, String>> {
     use rusqlite::types::ValueRef;
-    let format: i64 = r.get(10)?;
+    let ValueRef::Integer(format) = r.get_ref(10)? else {
+        return Ok(Err(
+            "its format is not a number: the record was altered".into()
+        ));
+    };
     Ok(match (format, r.get_ref(7)?) {
         (1, ValueRef::Text(t)) => {
             String::from_utf8(t.to_vec()).map_err(|_| "the body is not UTF-8 text".into())
@@ -444,6 +442,46 @@ mod tests {
                 json!({"i": 1})
             ]
         );
+    }
+
+    #[test]
+    fn a_record_over_a_mebibyte_is_read_back_and_verifies() {
+        // A revocation of 160,000 live certificates wrote such a record,
+        // and verify then called it tampered.
+        let (_d, conn) = db();
+        fill(&conn, 1);
+        let serials: Vec<u64> = (1..200_000).collect();
+        append(
+            &conn,
+            200,
+            &Event::new("revoked", json!({ "serials": serials })),
+        )
+        .unwrap();
+        fill(&conn, 1);
+        assert!(matches!(
+            verify(&conn).unwrap(),
+            Verdict::Intact { records: 3, .. }
+        ));
+        let r = get(&conn, 2).unwrap().unwrap();
+        assert_eq!(r.body["serials"].as_array().map(Vec::len), Some(199_999));
+    }
+
+    #[test]
+    fn a_format_that_is_not_a_number_is_listed_as_unreadable_and_named_by_verify() {
+        let (_d, conn) = db();
+        fill(&conn, 3);
+        conn.execute_batch(
+            "DROP TRIGGER audit_append_only_update;
+             UPDATE audit SET format = 'abc' WHERE seq = 2;",
+        )
+        .unwrap();
+        let listed = list(&conn, &Filter::default()).unwrap();
+        assert_eq!(listed.len(), 3, "the listing goes on past it");
+        assert!(listed[1].body.as_str().unwrap().contains("unreadable body"));
+        assert!(matches!(
+            verify(&conn).unwrap(),
+            Verdict::Broken { seq: 2, .. }
+        ));
     }
 
     #[test]

@@ -195,14 +195,9 @@ impl State {
     }
 
     /// Appends `event`, dated `at`, to the audit log in a writer job, and
-    /// returns its sequence number once committed. Its body is sealed
-    /// (encoded, hashed, compressed) here, on the caller's task: the single
-    /// writer only chains and stores it.
-    pub async fn append(&self, at: i64, mut event: Event) -> Result<i64, crate::store::StoreError> {
-        let body = audit::seal(&std::mem::take(&mut event.body));
-        self.writer
-            .run(move |c| audit::append_sealed(c, at, &event, &body))
-            .await
+    /// returns its sequence number once committed.
+    pub async fn append(&self, at: i64, event: Event) -> Result<i64, crate::store::StoreError> {
+        self.writer.run(move |c| audit::append(c, at, &event)).await
     }
 
     /// Appends `event` to the audit log now; a failure is logged (`what`
