@@ -24,7 +24,7 @@ use russh::keys::ssh_key::Signature;
 use russh::keys::{Algorithm, PrivateKey};
 
 use crate::setup::{Ca, ROLE, Requester};
-use crate::stats::{Rounds, Summary, process_cpu};
+use crate::stats::{Summary, process_cpu};
 
 /// The peer address in-process requests come from.
 pub const PEER: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -62,19 +62,6 @@ pub async fn issuance(
     concurrency: usize,
     total: usize,
 ) -> anyhow::Result<Summary> {
-    let mut rounds = Rounds::default();
-    issuance_round(state, requesters, concurrency, total, &mut rounds).await?;
-    Ok(rounds.summary())
-}
-
-/// [`issuance`], added to `rounds`.
-pub async fn issuance_round(
-    state: &Arc<State>,
-    requesters: &[Requester],
-    concurrency: usize,
-    total: usize,
-    rounds: &mut Rounds,
-) -> anyhow::Result<()> {
     // The requesters take requests from one count, so that all of them
     // stay busy until the last few (a fixed share each left the fastest
     // idle at the end, below the concurrency asked for).
@@ -100,9 +87,7 @@ pub async fn issuance_round(
     for t in tasks {
         all.extend(t.await.context("a requester task panicked")??);
     }
-    let wall = started.elapsed();
-    rounds.add(all, wall, Some(process_cpu().saturating_sub(cpu)));
-    Ok(())
+    Ok(Summary::new(all, 0, started.elapsed()).with_cpu(cpu))
 }
 
 /// Sequential durable commits of one small row through the daemon's
@@ -203,14 +188,8 @@ pub fn certificate_builder(ca: &Ca, count: usize) -> anyhow::Result<Summary> {
 
 /// `ssh-keygen -s` once per certificate, `count` times one after the
 /// other, with the options the `prod-db` role grants: what a shell-script
-/// CA does. Serials start at `first_serial`. Added to `rounds`.
-pub fn ssh_keygen_round(
-    ca: &Ca,
-    dir: &Path,
-    first_serial: usize,
-    count: usize,
-    rounds: &mut Rounds,
-) -> anyhow::Result<()> {
+/// CA does.
+pub fn ssh_keygen(ca: &Ca, dir: &Path, count: usize) -> anyhow::Result<Summary> {
     let ca_key = ca.ca_key_file()?;
     let subject = dir.join("ssh-keygen-subject.pub");
     std::fs::write(
@@ -219,7 +198,7 @@ pub fn ssh_keygen_round(
     )?;
     let mut latencies = Vec::with_capacity(count);
     let started = Instant::now();
-    for serial in first_serial..first_serial + count {
+    for serial in 1..=count {
         let t = Instant::now();
         let status = Command::new(crate::SSH_KEYGEN)
             .arg("-q")
@@ -255,6 +234,5 @@ pub fn ssh_keygen_round(
     if !std::fs::read_to_string(&cert)?.starts_with("ssh-ed25519-cert-v01@openssh.com ") {
         bail!("ssh-keygen wrote no certificate to {}", cert.display());
     }
-    rounds.add(latencies, wall, None);
-    Ok(())
+    Ok(Summary::new(latencies, 0, wall))
 }

@@ -61,35 +61,6 @@ impl Summary {
     }
 }
 
-/// Several runs of one measurement, summarised as one: their latencies
-/// together, their wall and CPU times added.
-#[derive(Debug, Default)]
-pub struct Rounds {
-    latencies: Vec<Duration>,
-    wall: Duration,
-    cpu: Option<Duration>,
-}
-
-impl Rounds {
-    /// Adds a run: its latencies, its wall time, and the process CPU time it
-    /// used, when measured.
-    pub fn add(&mut self, latencies: Vec<Duration>, wall: Duration, cpu: Option<Duration>) {
-        self.latencies.extend(latencies);
-        self.wall += wall;
-        self.cpu = match (self.cpu, cpu) {
-            (None, None) => None,
-            (a, b) => Some(a.unwrap_or_default() + b.unwrap_or_default()),
-        };
-    }
-
-    /// The summary of every run added.
-    pub fn summary(self) -> Summary {
-        let mut s = Summary::new(self.latencies, 0, self.wall);
-        s.cpu = self.cpu;
-        s
-    }
-}
-
 /// CPU time this process (all its threads) has used so far.
 pub fn process_cpu() -> Duration {
     cpu_of("self", false)
@@ -101,13 +72,6 @@ pub fn process_cpu() -> Duration {
 pub struct Writes {
     pub bytes: u64,
     pub calls: u64,
-}
-
-impl std::ops::AddAssign for Writes {
-    fn add_assign(&mut self, other: Writes) {
-        self.bytes += other.bytes;
-        self.calls += other.calls;
-    }
 }
 
 impl Writes {
