@@ -136,52 +136,27 @@ impl Handler for Connection {
         _user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        let known = match self.lookup(offer.public_key).await {
-            Ok(known) => known,
-            Err(_) => {
-                // Not "not enrolled": the record must not blame the key.
-                let fp = offer.public_key.fingerprint(HashAlg::Sha256).to_string();
-                self.state
-                    .record_refusal(
-                        self.peer.ip(),
-                        &fp,
-                        offer.algorithm.as_str(),
-                        None,
-                        "the key could not be looked up: a database error (see the daemon log)",
-                    )
-                    .await;
-                return Ok(Auth::reject());
-            }
-        };
-        if matches!(offer.algorithm, Algorithm::Rsa { hash: None }) {
+        let known = self.lookup(offer.public_key).await;
+        let fp = offer.public_key.fingerprint(HashAlg::Sha256).to_string();
+        let reason = if matches!(offer.algorithm, Algorithm::Rsa { hash: None }) {
             // RFC 8332: ssh-rsa signs with SHA-1, which no longer proves
             // possession. russh still negotiates it, so that an old client's
             // attempt reaches this handler and is refused with an audit record.
-            let fp = offer.public_key.fingerprint(HashAlg::Sha256).to_string();
-            self.state
-                .record_refusal(
-                    self.peer.ip(),
-                    &fp,
-                    offer.algorithm.as_str(),
-                    known.as_ref(),
-                    "ssh-rsa (SHA-1) signatures are refused: use rsa-sha2-512 or rsa-sha2-256",
-                )
-                .await;
-            return Ok(Auth::reject());
-        }
-        if known.is_some() {
-            return Ok(Auth::Accept);
-        }
-        let fp = offer.public_key.fingerprint(HashAlg::Sha256).to_string();
-        tracing::warn!(peer = %self.peer, fingerprint = %fp, "refused a key that is not enrolled");
+            "ssh-rsa (SHA-1) signatures are refused: use rsa-sha2-512 or rsa-sha2-256"
+        } else {
+            match &known {
+                Ok(Some(_)) => return Ok(Auth::Accept),
+                Ok(None) => {
+                    tracing::warn!(peer = %self.peer, fingerprint = %fp, "refused a key that is not enrolled");
+                    "the key is not enrolled"
+                }
+                // Not "not enrolled": the record must not blame the key.
+                Err(_) => "the key could not be looked up: a database error (see the daemon log)",
+            }
+        };
+        let who = known.as_ref().ok().and_then(Option::as_ref);
         self.state
-            .record_refusal(
-                self.peer.ip(),
-                &fp,
-                offer.algorithm.as_str(),
-                None,
-                "the key is not enrolled",
-            )
+            .record_refusal(self.peer.ip(), &fp, offer.algorithm.as_str(), who, reason)
             .await;
         Ok(Auth::reject())
     }
