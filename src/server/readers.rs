@@ -26,10 +26,12 @@
 //! never held up by a lock. What it can still wait for: a cold page on a
 //! slow disk, on these tables only, and SQLite's own retries while another
 //! process holds the WAL's read locks through a recovery after a crash (up
-//! to about ten seconds, after which the read goes to the reader threads). The identity lookup at authentication
-//! stays on the reader threads: a burst of logins made SQLite allocate on
-//! the runtime's threads, between the connections' own state, and 1,000
-//! idle connections then held 0.9 MB more.
+//! to about ten seconds, after which the read goes to the reader threads).
+//!
+//! The identity lookup at authentication stays on the reader threads: a
+//! burst of logins made SQLite allocate on the runtime's threads, between
+//! the connections' own state, and 1,000 idle connections then held 0.9 MB
+//! more.
 
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
