@@ -182,6 +182,17 @@ mod tests {
     use super::*;
     use crate::model::AttrValue;
 
+    /// Enrols a device of `user` with key fingerprint `fp`.
+    fn enrol(conn: &Connection, user: &str, device: &str, fp: &str) {
+        let key = NewDevice {
+            fingerprint: fp,
+            key_type: "ssh-ed25519",
+            public_key: "k",
+            label: "l",
+        };
+        add_device(conn, user, device, &key, 1).unwrap();
+    }
+
     #[test]
     fn snapshot_holds_groups_attributes_and_posture() {
         let (_d, mut conn) = db();
@@ -193,13 +204,7 @@ mod tests {
             1,
         )
         .unwrap();
-        let key = NewDevice {
-            fingerprint: "SHA256:f",
-            key_type: "ssh-ed25519",
-            public_key: "k",
-            label: "l",
-        };
-        add_device(&conn, "alice", "mbp", &key, 1).unwrap();
+        enrol(&conn, "alice", "mbp", "SHA256:f");
         set_posture(
             &conn,
             "mbp",
@@ -238,13 +243,7 @@ mod tests {
     fn snapshot_sorts_groups_and_reads_by_key_lookups_only() {
         let (_d, mut conn) = db();
         add_user(&conn, "bob", &["ops".into(), "dba".into(), "dev".into()], 1).unwrap();
-        let key = NewDevice {
-            fingerprint: "SHA256:b",
-            key_type: "ssh-ed25519",
-            public_key: "k",
-            label: "l",
-        };
-        add_device(&conn, "bob", "bob-mbp", &key, 1).unwrap();
+        enrol(&conn, "bob", "bob-mbp", "SHA256:b");
         set_posture(
             &conn,
             "bob-mbp",

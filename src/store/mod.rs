@@ -59,12 +59,7 @@ impl StoreError {
     /// trying again later may succeed.
     pub fn is_locked(&self) -> bool {
         use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked, FileLockingProtocolFailed};
-        let (StoreError::Sql(rusqlite::Error::SqliteFailure(e, _))
-        | StoreError::Open {
-            source: rusqlite::Error::SqliteFailure(e, _),
-            ..
-        }) = self
-        else {
+        let StoreError::Sql(rusqlite::Error::SqliteFailure(e, _)) = self else {
             return false;
         };
         matches!(
